@@ -1,0 +1,1 @@
+"""What every app shares: config helpers, checkpoint I/O, callbacks, the base LightningModule."""

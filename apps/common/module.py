@@ -1,0 +1,50 @@
+"""Base LightningModule: optimiser/scheduler from config, model config stored in checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+
+class BaseModule(pl.LightningModule):
+    """Holds a plain `nn.Module` (`self.model`) and builds the optimiser from Hydra partials.
+
+    `model_config` (the resolved `app.model` node) is written into every checkpoint under
+    `model_config`, so export and evaluation can rebuild the model without the original overrides.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        model_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.model_config = model_config
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model_config is not None:
+            checkpoint["model_config"] = self.model_config
+
+
+def model_state_dict(checkpoint: dict[str, Any], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """The plain model's weights out of a Lightning checkpoint's `state_dict`."""
+    state = checkpoint.get("state_dict")
+    if state is None:
+        raise KeyError("checkpoint has no `state_dict`")
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): results as JSON under bench/results/, summarised in README."""

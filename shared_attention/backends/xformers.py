@@ -1,0 +1,70 @@
+"""Backend on ``xformers.ops.memory_efficient_attention`` (CUDA only)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from shared_attention.backends.base import YES, AttentionCall, Backend, Support, no
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@functools.cache
+def _xformers_ops() -> Any:
+    import xformers.ops
+
+    return xformers.ops
+
+
+def _import_error() -> str | None:
+    try:
+        _xformers_ops()
+    except Exception as err:  # xformers can fail at import with errors other than ImportError
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+class XformersBackend(Backend):
+    """xformers memory-efficient attention in the ``(B, L, H, D)`` layout.
+
+    Masks become structured biases where one exists (lower-triangular, block-diagonal
+    for ``VarLen`` with B=1) and a dense additive bias otherwise. Grouped-query heads
+    are expanded. Fully masked rows are zeroed after the kernel.
+    """
+
+    name = "xformers"
+
+    def supports(self, call: AttentionCall) -> Support:
+        if call.device_type != "cuda":
+            return no(f"xformers needs a CUDA device (got {call.device_type}); it has no CPU operator")
+        err = _import_error()
+        if err is not None:
+            return no(f"xformers not installed or failed to import ({err})")
+        if call.need_weights:
+            return no("memory_efficient_attention does not return attention weights")
+        if call.dtype not in _DTYPES:
+            return no(f"xformers supports float16, bfloat16 and float32, not {call.dtype}")
+        if call.head_dim % 8 or call.v_head_dim % 8:
+            return no(f"xformers kernels need head dims that are multiples of 8 (got {call.head_dim}, "
+                      f"{call.v_head_dim})")
+        return YES
+
+    def run(self, q, k, v, mask, scale, dropout_p, need_weights):
+        ops = _xformers_ops()
+        B, H, Lq, _ = q.shape
+        Lk = k.shape[2]
+        if k.shape[1] != H:
+            k = k.repeat_interleave(H // k.shape[1], dim=1)
+            v = v.repeat_interleave(H // v.shape[1], dim=1)
+        bias = None if mask is None else mask.to_xformers_bias(B, H, Lq, Lk, q.device, q.dtype)
+        out = ops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, p=dropout_p, scale=scale
+        ).transpose(1, 2)
+        if mask is not None:
+            valid = mask.row_valid(B, H, Lq, Lk, q.device)
+            if valid is not None:
+                out = out.masked_fill(~valid, 0.0)
+        return out

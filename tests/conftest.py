@@ -1,0 +1,38 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    module: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <overrides>` the way a user does and return the finished process."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{module} {' '.join(overrides)} failed ({proc.returncode}):\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
+        )
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
