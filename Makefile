@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SYSDEPS := $(VENV)/.system-packages
+# Debian packages the apps read at run time (WordNet for KeNet's knowledge retriever).
+SYSTEM_PACKAGES := wordnet-base
 APP ?= ptrnet
 ARGS ?=
 CKPT ?=
@@ -15,7 +18,18 @@ export HYDRA_FULL_ERROR := 1
 
 .PHONY: setup train sweep export eval bench test test-all lint clean
 
-$(STAMP): pyproject.toml
+$(SYSDEPS): Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing \
+			|| { echo "could not install:$$missing (apt-get failed)" >&2; exit 1; }; \
+	fi
+	@touch $(SYSDEPS)
+
+$(STAMP): pyproject.toml $(SYSDEPS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade "pip>=24" setuptools wheel
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'

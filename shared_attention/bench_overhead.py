@@ -20,8 +20,9 @@ from shared_attention.masks import Causal
 log = logging.getLogger(__name__)
 
 
-def _best_times_us(variants: dict[str, Callable[[], object]], iters: int, warmup: int,
-                   repeats: int) -> dict[str, float]:
+def _best_times_us(
+    variants: dict[str, Callable[[], object]], iters: int, warmup: int, repeats: int
+) -> dict[str, float]:
     """Best-of-``repeats`` microseconds per call; variants interleave so load noise hits all alike."""
     for fn in variants.values():
         for _ in range(warmup):
@@ -37,8 +38,16 @@ def _best_times_us(variants: dict[str, Callable[[], object]], iters: int, warmup
 
 
 def measure_overhead(
-    B: int = 1, H: int = 4, L: int = 64, D: int = 32, *, iters: int = 500, warmup: int = 100,
-    repeats: int = 10, device: str = "cpu", threads: int | None = 1,
+    B: int = 1,
+    H: int = 4,
+    L: int = 64,
+    D: int = 32,
+    *,
+    iters: int = 500,
+    warmup: int = 100,
+    repeats: int = 10,
+    device: str = "cpu",
+    threads: int | None = 1,
 ) -> dict:
     """Microseconds per call (best of ``repeats``) for direct SDPA and ``attention()`` variants.
 

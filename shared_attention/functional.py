@@ -84,12 +84,16 @@ def _validate(q: Tensor, k: Tensor, v: Tensor) -> None:
     if k.shape[3] != D:
         raise _shape_error("attention: q and k must have the same head dim", q, k, v)
     if k.shape[1] == 0 or H % k.shape[1] != 0:
-        raise _shape_error(f"attention: q heads ({H}) must be a multiple of k/v heads ({k.shape[1]})", q, k, v)
+        raise _shape_error(
+            f"attention: q heads ({H}) must be a multiple of k/v heads ({k.shape[1]})", q, k, v
+        )
 
 
 def _tensor_mask(mask: Tensor, q: Tensor) -> DenseMask:
     if not isinstance(mask, Tensor):
-        raise ValueError(f"attention: mask must be None, a MaskSpec or a bool Tensor, got {type(mask).__name__}")
+        raise ValueError(
+            f"attention: mask must be None, a MaskSpec or a bool Tensor, got {type(mask).__name__}"
+        )
     if mask.dtype != torch.bool:
         raise ValueError(f"attention: mask tensor must be bool (True = may attend), got {mask.dtype}")
     if isinstance(q, Tensor) and mask.device != q.device:
@@ -153,8 +157,9 @@ def select_backend(call: AttentionCall) -> str:
     return chosen
 
 
-def _decision_key(q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec | None, dropout_p: float,
-                  need_weights: bool, backend: str) -> tuple | None:
+def _decision_key(
+    q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec | None, dropout_p: float, need_weights: bool, backend: str
+) -> tuple | None:
     """Everything validation and ``supports`` look at; None while tracing (shapes may be symbolic)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None
@@ -162,12 +167,27 @@ def _decision_key(q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec | None, dropou
         return None
     requires_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     mask_key = None if mask is None else (type(mask), mask.block_sparse)
-    return (backend, q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-            mask_key, dropout_p > 0, need_weights, requires_grad)
+    return (
+        backend,
+        q.shape,
+        k.shape,
+        v.shape,
+        q.dtype,
+        k.dtype,
+        v.dtype,
+        q.device,
+        k.device,
+        v.device,
+        mask_key,
+        dropout_p > 0,
+        need_weights,
+        requires_grad,
+    )
 
 
-def _decide(q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec | None, dropout_p: float,
-            need_weights: bool, backend: str) -> str:
+def _decide(
+    q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec | None, dropout_p: float, need_weights: bool, backend: str
+) -> str:
     call = describe_call(q, k, v, mask, dropout_p, need_weights)
     if backend == "auto":
         return select_backend(call)

@@ -125,7 +125,9 @@ class MaskSpec:
 
         return _cached((self, "dense", gb, gh, Lq, Lk, device), build, gb, gh, Lq, Lk)
 
-    def row_valid(self, B: int, H: int, Lq: int, Lk: int, device: torch.device | str = "cpu") -> Tensor | None:
+    def row_valid(
+        self, B: int, H: int, Lq: int, Lk: int, device: torch.device | str = "cpu"
+    ) -> Tensor | None:
         """Bool ``(B|1, H|1, Lq, 1)``: queries with at least one allowed key; None if all rows have one."""
         device = torch.device(device)
         gb, gh = self._grid_sizes(B, H)
@@ -276,23 +278,27 @@ class KeyPadding(MaskSpec):
             lengths = torch.as_tensor(lengths)
             object.__setattr__(self, "lengths", lengths)
         if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-            raise ValueError(f"KeyPadding lengths must be a 1-D integer tensor (B,), got {lengths.dtype} "
-                             f"{tuple(lengths.shape)}")
-        if _is_static(*lengths.shape) and not _tracing() and lengths.numel() and \
-                bool((lengths < 0).any()):
+            raise ValueError(
+                f"KeyPadding lengths must be a 1-D integer tensor (B,), got {lengths.dtype} "
+                f"{tuple(lengths.shape)}"
+            )
+        if _is_static(*lengths.shape) and not _tracing() and lengths.numel() and bool((lengths < 0).any()):
             raise ValueError(f"KeyPadding lengths must be >= 0, got {lengths.tolist()}")
 
     @classmethod
     def from_bool(cls, valid: Tensor) -> KeyPadding:
         """Build from a ``(B, Lk)`` bool tensor whose True entries form a prefix of each row."""
         if valid.dim() != 2 or valid.dtype != torch.bool:
-            raise ValueError(f"KeyPadding.from_bool expects a (B, Lk) bool tensor, got {valid.dtype} "
-                             f"{tuple(valid.shape)}")
+            raise ValueError(
+                f"KeyPadding.from_bool expects a (B, Lk) bool tensor, got {valid.dtype} {tuple(valid.shape)}"
+            )
         lengths = valid.sum(dim=1)
         prefix = torch.arange(valid.shape[1], device=valid.device)[None, :] < lengths[:, None]
         if not torch.equal(prefix, valid):
-            raise ValueError("KeyPadding.from_bool: valid keys must form a prefix of each row; "
-                             "pass the bool tensor as `mask` instead for arbitrary patterns")
+            raise ValueError(
+                "KeyPadding.from_bool: valid keys must form a prefix of each row; "
+                "pass the bool tensor as `mask` instead for arbitrary patterns"
+            )
         return cls(lengths)
 
     def validate(self, B, H, Lq, Lk):
@@ -328,7 +334,9 @@ class VarLen(MaskSpec):
     causal: bool = False
 
     def __post_init__(self) -> None:
-        lens = [int(n) for n in (self.seq_lens.tolist() if isinstance(self.seq_lens, Tensor) else self.seq_lens)]
+        lens = [
+            int(n) for n in (self.seq_lens.tolist() if isinstance(self.seq_lens, Tensor) else self.seq_lens)
+        ]
         if not lens or any(n <= 0 for n in lens):
             raise ValueError(f"VarLen seq_lens must be a non-empty list of positive ints, got {lens}")
         object.__setattr__(self, "seq_lens", tuple(lens))
@@ -341,8 +349,9 @@ class VarLen(MaskSpec):
 
     def validate(self, B, H, Lq, Lk):
         if _is_static(Lq, Lk) and (self.total > Lq or self.total > Lk):
-            raise ValueError(f"VarLen packs {self.total} tokens (seq_lens={list(self.seq_lens)}) but "
-                             f"Lq={Lq}, Lk={Lk}")
+            raise ValueError(
+                f"VarLen packs {self.total} tokens (seq_lens={list(self.seq_lens)}) but Lq={Lq}, Lk={Lk}"
+            )
 
     def _allowed(self, b, h, q_idx, kv_idx, device):
         n = self.total
@@ -417,7 +426,9 @@ class BlockSparse(MaskSpec):
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, Tensor) or self.layout.dim() != 3 or self.layout.dtype != torch.bool:
-            shape = tuple(self.layout.shape) if isinstance(self.layout, Tensor) else type(self.layout).__name__
+            shape = (
+                tuple(self.layout.shape) if isinstance(self.layout, Tensor) else type(self.layout).__name__
+            )
             raise ValueError(f"BlockSparse layout must be a bool tensor (H or 1, nQb, nKb), got {shape}")
         if not isinstance(self.block_size, int) or self.block_size <= 0:
             raise ValueError(f"BlockSparse block_size must be a positive int, got {self.block_size!r}")
@@ -431,8 +442,10 @@ class BlockSparse(MaskSpec):
         if heads not in (1, H):
             raise ValueError(f"BlockSparse layout has {heads} heads but attention has H={H}")
         if _is_static(Lq, Lk) and (nqb * self.block_size < Lq or nkb * self.block_size < Lk):
-            raise ValueError(f"BlockSparse layout {tuple(self.layout.shape)} with block_size={self.block_size} "
-                             f"covers {nqb * self.block_size}x{nkb * self.block_size} but scores are {Lq}x{Lk}")
+            raise ValueError(
+                f"BlockSparse layout {tuple(self.layout.shape)} with block_size={self.block_size} "
+                f"covers {nqb * self.block_size}x{nkb * self.block_size} but scores are {Lq}x{Lk}"
+            )
 
     def _allowed(self, b, h, q_idx, kv_idx, device):
         layout = self.layout.to(device)
@@ -463,7 +476,9 @@ class DenseMask(MaskSpec):
             got = self.mask.dtype if isinstance(self.mask, Tensor) else type(self.mask).__name__
             raise ValueError(f"mask tensor must be bool (True = may attend), got {got}")
         if self.mask.dim() > 4:
-            raise ValueError(f"mask tensor must have at most 4 dims (B, H, Lq, Lk), got {tuple(self.mask.shape)}")
+            raise ValueError(
+                f"mask tensor must have at most 4 dims (B, H, Lq, Lk), got {tuple(self.mask.shape)}"
+            )
 
     @property
     def _mask4(self) -> Tensor:
@@ -482,8 +497,10 @@ class DenseMask(MaskSpec):
         mb, mh, mq, mk = self._mask4.shape
         for got, want in ((mb, B), (mh, H), (mq, Lq), (mk, Lk)):
             if _is_static(got, want) and got not in (1, want):
-                raise ValueError(f"mask of shape {tuple(self.mask.shape)} is not broadcastable to "
-                                 f"(B, H, Lq, Lk)=({B}, {H}, {Lq}, {Lk})")
+                raise ValueError(
+                    f"mask of shape {tuple(self.mask.shape)} is not broadcastable to "
+                    f"(B, H, Lq, Lk)=({B}, {H}, {Lq}, {Lk})"
+                )
 
     def to_dense(self, B, H, Lq, Lk, device="cpu"):
         self.validate(B, H, Lq, Lk)
@@ -501,8 +518,12 @@ class DenseMask(MaskSpec):
         m = self._mask4.to(device)
         mb, mh, mq, mk = m.shape
         zero = torch.zeros_like(q_idx)
-        return m[b if mb > 1 else zero, h if mh > 1 else zero, q_idx if mq > 1 else zero,
-                 kv_idx if mk > 1 else zero]
+        return m[
+            b if mb > 1 else zero,
+            h if mh > 1 else zero,
+            q_idx if mq > 1 else zero,
+            kv_idx if mk > 1 else zero,
+        ]
 
     def _layout_batch(self):
         return self._mask4.shape[0]

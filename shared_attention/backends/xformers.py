@@ -48,8 +48,10 @@ class XformersBackend(Backend):
         if call.dtype not in _DTYPES:
             return no(f"xformers supports float16, bfloat16 and float32, not {call.dtype}")
         if call.head_dim % 8 or call.v_head_dim % 8:
-            return no(f"xformers kernels need head dims that are multiples of 8 (got {call.head_dim}, "
-                      f"{call.v_head_dim})")
+            return no(
+                f"xformers kernels need head dims that are multiples of 8 (got {call.head_dim}, "
+                f"{call.v_head_dim})"
+            )
         return YES
 
     def run(self, q, k, v, mask, scale, dropout_p, need_weights):

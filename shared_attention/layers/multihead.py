@@ -103,19 +103,31 @@ class MultiHeadAttention(nn.Module):
             q, k = self.rotary(q), self.rotary(k)
         dropout_p = self.dropout if self.training else 0.0
         if self.attention_recorder is not None:
-            out, weights = attention(q, k, v, mask=self._mask(mask), scale=self.scale, dropout_p=dropout_p,
-                                     backend="math", need_weights=True)
+            out, weights = attention(
+                q,
+                k,
+                v,
+                mask=self._mask(mask),
+                scale=self.scale,
+                dropout_p=dropout_p,
+                backend="math",
+                need_weights=True,
+            )
             self.attention_recorder(weights)
         else:
-            out = attention(q, k, v, mask=self._mask(mask), scale=self.scale, dropout_p=dropout_p,
-                            backend=self.backend)
+            out = attention(
+                q, k, v, mask=self._mask(mask), scale=self.scale, dropout_p=dropout_p, backend=self.backend
+            )
         return self.out_proj(out.transpose(1, 2).flatten(-2))
 
     @torch.no_grad()
     def load_from_torch(self, module: nn.MultiheadAttention) -> MultiHeadAttention:
         """Copy the weights of a ``torch.nn.MultiheadAttention`` with the same sizes."""
-        if module.embed_dim != self.embed_dim or module.num_heads != self.num_heads or \
-                self.num_kv_heads != self.num_heads:
+        if (
+            module.embed_dim != self.embed_dim
+            or module.num_heads != self.num_heads
+            or self.num_kv_heads != self.num_heads
+        ):
             raise ValueError("load_from_torch needs equal embed_dim/num_heads and no grouped-query heads")
         if module._qkv_same_embed_dim:
             wq, wk, wv = module.in_proj_weight.chunk(3)

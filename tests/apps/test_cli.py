@@ -175,3 +175,21 @@ def test_missing_resume_checkpoint_is_a_clear_error(tmp_path: Path, data_dir: Pa
     )
     assert proc.returncode != 0
     assert "nope.ckpt" in proc.stderr
+
+
+def test_optuna_search_runs_trials_and_reports_best(tmp_path: Path, data_dir: Path, cli):
+    sweep = tmp_path / "optuna"
+    cli(
+        "apps.train",
+        "app=ptrnet",
+        "hparams_search=ptrnet_optuna",
+        "trainer=smoke",
+        "test=false",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        f"hydra.sweep.dir={sweep}",
+        *base_args(tmp_path, data_dir),
+    )
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "best_value" in results
+    assert len([p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()]) == 2

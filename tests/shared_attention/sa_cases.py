@@ -66,7 +66,9 @@ MASKS: dict[str, MaskFactory] = {
     "sink_window": lambda B, H, Lq, Lk, g: SinkWindow(2, 4),
     "block_sparse": lambda B, H, Lq, Lk, g: _block_sparse(H, Lq, Lk, g, per_head=False),
     "block_sparse_heads": lambda B, H, Lq, Lk, g: _block_sparse(H, Lq, Lk, g, per_head=True),
-    "and_causal_padding": lambda B, H, Lq, Lk, g: Causal.bottom_right(Lq, Lk) & KeyPadding(_lengths(B, Lk, g)),
+    "and_causal_padding": lambda B, H, Lq, Lk, g: (
+        Causal.bottom_right(Lq, Lk) & KeyPadding(_lengths(B, Lk, g))
+    ),
     "and_sliding_varlen": lambda B, H, Lq, Lk, g: AndMask(SlidingWindow(3), _var_len(min(Lq, Lk), False)),
     "bool_tensor": lambda B, H, Lq, Lk, g: torch.rand(B, 1, Lq, Lk, generator=g) < 0.6,
     "bool_tensor_2d": lambda B, H, Lq, Lk, g: torch.rand(Lq, Lk, generator=g) < 0.3,

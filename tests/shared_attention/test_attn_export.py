@@ -34,7 +34,7 @@ def _inputs(batch, length, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, length, 16, generator=gen)
     valid = torch.ones(batch, length, dtype=torch.bool)
-    valid[0, length // 2:] = False
+    valid[0, length // 2 :] = False
     return x, valid
 
 
@@ -70,8 +70,13 @@ def test_pointer_head_exports_to_onnx(tmp_path):
     dynamic = {"query": {0: batch}, "keys": {0: batch, 1: length}, "valid": {0: batch, 1: length}}
     keys, valid = _inputs(2, 6, 2)
     check_keys, check_valid = _inputs(4, 9, 3)
-    _onnx_roundtrip(model, (torch.randn(2, 16), keys, valid), dynamic, tmp_path / "ptr.onnx",
-                    (torch.randn(4, 16), check_keys, check_valid))
+    _onnx_roundtrip(
+        model,
+        (torch.randn(2, 16), keys, valid),
+        dynamic,
+        tmp_path / "ptr.onnx",
+        (torch.randn(4, 16), check_keys, check_valid),
+    )
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
@@ -86,8 +91,9 @@ def test_layers_trace_with_torchscript():
     traced_pointer = torch.jit.trace(pointer, (query, x, valid))
     other_x, other_valid = _inputs(5, 7, 5)
     other_query = torch.randn(5, 3, 16)
-    torch.testing.assert_close(traced_pointer(other_query, other_x, other_valid),
-                               pointer(other_query, other_x, other_valid))
+    torch.testing.assert_close(
+        traced_pointer(other_query, other_x, other_valid), pointer(other_query, other_x, other_valid)
+    )
 
 
 def test_export_with_static_shapes_does_not_poison_mask_caches():

@@ -28,8 +28,17 @@ ATOL, RTOL = 1e-5, 1e-4
 
 
 def _runs_here(name):
-    plain = AttentionCall(device_type="cpu", dtype=torch.float32, batch=1, heads=1, kv_heads=1, q_len=4,
-                          kv_len=4, head_dim=4, v_head_dim=4)
+    plain = AttentionCall(
+        device_type="cpu",
+        dtype=torch.float32,
+        batch=1,
+        heads=1,
+        kv_heads=1,
+        q_len=4,
+        kv_len=4,
+        head_dim=4,
+        v_head_dim=4,
+    )
     return get_backend(name).supports(plain).ok
 
 
@@ -67,8 +76,19 @@ def _naive_attention(q, k, v, allowed, scale):
     return out
 
 
-@pytest.mark.parametrize("mask_name", ["none", "causal_bottom_right", "causal_neg_offset", "key_padding",
-                                       "varlen_causal", "sink_window", "block_sparse_heads", "bool_tensor"])
+@pytest.mark.parametrize(
+    "mask_name",
+    [
+        "none",
+        "causal_bottom_right",
+        "causal_neg_offset",
+        "key_padding",
+        "varlen_causal",
+        "sink_window",
+        "block_sparse_heads",
+        "bool_tensor",
+    ],
+)
 def test_math_matches_definition(mask_name):
     shape = "b2h2g1_decode5of37" if mask_name != "varlen_causal" else "b2h4g2_l13"
     B, H, Hkv, Lq, Lk, D = SHAPES[shape]
@@ -282,8 +302,9 @@ def test_auto_never_picks_a_backend_that_fails():
         need_weights = rng.random() < 0.3
         dropout = rng.choice([0.0, 0.2])
         requires_grad = rng.random() < 0.5
-        q, k, v = make_qkv(B, H, Hkv, Lq, Lk, D, dtype=dtype, requires_grad=requires_grad,
-                           seed=rng.randint(0, 100))
+        q, k, v = make_qkv(
+            B, H, Hkv, Lq, Lk, D, dtype=dtype, requires_grad=requires_grad, seed=rng.randint(0, 100)
+        )
         mask = _random_mask(rng, B, H, Lq, Lk)
         spec = _normalise_mask(mask, q, k)
         chosen = select_backend(describe_call(q, k, v, spec, dropout, need_weights))
@@ -299,8 +320,17 @@ def test_auto_never_picks_a_backend_that_fails():
 
 
 def _cuda_call(**overrides):
-    base = dict(device_type="cuda", dtype=torch.float16, batch=2, heads=4, kv_heads=4, q_len=128,
-                kv_len=128, head_dim=64, v_head_dim=64)
+    base = dict(
+        device_type="cuda",
+        dtype=torch.float16,
+        batch=2,
+        heads=4,
+        kv_heads=4,
+        q_len=128,
+        kv_len=128,
+        head_dim=64,
+        v_head_dim=64,
+    )
     base.update(overrides)
     return AttentionCall(**base)
 
@@ -349,8 +379,9 @@ def test_registered_backend_joins_auto_explain_and_forcing():
     try:
         assert "doubling" in available_backends()
         torch.testing.assert_close(attention(q, k, v), 2 * baseline)
-        torch.testing.assert_close(attention(q, k, v, mask=Causal()), attention(q, k, v, mask=Causal(),
-                                                                               backend="sdpa"))
+        torch.testing.assert_close(
+            attention(q, k, v, mask=Causal()), attention(q, k, v, mask=Causal(), backend="sdpa")
+        )
         assert "auto -> doubling" in explain(q, k, v)
         with pytest.raises(BackendUnsupported, match="only unmasked calls"):
             attention(q, k, v, mask=Causal(), backend="doubling")
@@ -360,9 +391,11 @@ def test_registered_backend_joins_auto_explain_and_forcing():
 
 
 def test_core_does_not_import_apps_or_frameworks():
-    code = ("import sys, shared_attention, torch; q = torch.randn(1, 1, 4, 8); "
-            "shared_attention.attention(q, q, q); "
-            "bad = [m for m in ('lightning', 'pytorch_lightning', 'hydra', 'apps', 'xformers') if m in sys.modules]; "
-            "sys.exit(str(bad) if bad else 0)")
+    code = (
+        "import sys, shared_attention, torch; q = torch.randn(1, 1, 4, 8); "
+        "shared_attention.attention(q, q, q); "
+        "bad = [m for m in ('lightning', 'pytorch_lightning', 'hydra', 'apps', 'xformers') if m in sys.modules]; "
+        "sys.exit(str(bad) if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

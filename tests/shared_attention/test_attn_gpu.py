@@ -46,7 +46,7 @@ def test_cuda_backend_matches_math(backend, shape_name, mask_name):
     for g, w in zip(got, want):
         assert torch.isfinite(g).all()
         torch.testing.assert_close(g, w, atol=2e-3, rtol=2e-3)
-    dense = (spec or DenseMask(torch.ones(1, 1, 1, 1, dtype=torch.bool, device="cuda")))
+    dense = spec or DenseMask(torch.ones(1, 1, 1, 1, dtype=torch.bool, device="cuda"))
     empty = ~dense.to_dense(B, H, Lq, Lk, q.device).expand(B, H, Lq, Lk).any(-1)
     assert (out.detach()[empty] == 0).all()
 

@@ -73,8 +73,9 @@ def test_conversions_are_cached():
     assert spec.to_block_layout(13, 13, 4) is spec.to_block_layout(13, 13, 4)
     padding = KeyPadding(torch.tensor([3, 5]))
     assert padding.safe_dense(2, 4, 6, 6) is padding.safe_dense(2, 4, 6, 6)
-    assert block_mask_for(padding, 2, 4, 6, 6, torch.device("cpu")) is \
-        block_mask_for(padding, 2, 4, 6, 6, torch.device("cpu"))
+    assert block_mask_for(padding, 2, 4, 6, 6, torch.device("cpu")) is block_mask_for(
+        padding, 2, 4, 6, 6, torch.device("cpu")
+    )
 
 
 def test_value_specs_hash_by_value_tensor_specs_by_identity():
