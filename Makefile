@@ -51,8 +51,13 @@ eval: $(STAMP)
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=path/to/checkpoint.ckpt" >&2; exit 2; }
 	$(PY) -m apps.eval app=$(APP) ckpt_path=$(abspath $(CKPT)) $(ARGS)
 
+# `make bench`: attention backends and mechanisms; `make bench APP=<app>`: that app's benchmark.
 bench: $(STAMP)
+ifeq ($(origin APP),command line)
+	$(PY) -m bench.$(APP) --out $(BENCH_OUT) $(ARGS)
+else
 	$(PY) -m bench.run --out $(BENCH_OUT) $(ARGS)
+endif
 
 test: $(STAMP)
 	$(PY) -m pytest -q

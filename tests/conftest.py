@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels run in the interpreter on machines without a GPU (CI); this must be set before any
+# kernel module is imported, so it lives in the top-level conftest.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
