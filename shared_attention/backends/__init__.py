@@ -11,6 +11,7 @@ from shared_attention.backends.base import AttentionCall, Backend, Support
 from shared_attention.backends.flex import FlexBackend
 from shared_attention.backends.math import MathBackend
 from shared_attention.backends.sdpa import SdpaBackend
+from shared_attention.backends.triton import TritonBackend
 from shared_attention.backends.xformers import XformersBackend
 
 __all__ = [
@@ -82,3 +83,6 @@ def auto_order(device_type: str) -> list[str]:
 
 for _backend in (MathBackend(), SdpaBackend(), XformersBackend(), FlexBackend()):
     register_backend(_backend)
+# Block-sparse Triton kernel: first on CUDA for the calls it is an auto candidate for (block-sparse
+# masks on large score matrices, see TritonBackend.auto_candidate); never in the CPU order.
+register_backend(TritonBackend(), preference={"cuda": 0})

@@ -1,0 +1,260 @@
+"""Benchmarks of the Triton kernels (`python -m bench.kernels --out bench/results`).
+
+On a GPU: the block-sparse flash-attention kernel (`triton` backend) against SDPA with a dense
+mask, FlexAttention (compiled, `BlockMask`) and xformers, at 4k-64k tokens for the sliding
+window, sink + window and PowerAttention patterns, forward and forward+backward, with achieved
+TFLOP/s (FLOPs of the allowed entries only) and its fraction of the card's peak; and the chunked
+linear-attention kernel against the PyTorch chunked reference. Writes `kernels_cuda.json`.
+
+Without a GPU the kernels only run in Triton's interpreter, whose timings say nothing about
+performance: the benchmark then checks the kernels against the references on correctness-scale
+shapes, records the errors, and writes `kernels_cpu.json` with a note that timings need a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("bench.kernels")
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) by device-name fragment, for the "fraction of peak" column.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
+
+
+def _patterns() -> dict[str, Any]:
+    from shared_attention.masks import PowerAttention, SinkWindow, SlidingWindow
+
+    return {
+        "window1024": SlidingWindow(1024),
+        "sink64_window1024": SinkWindow(64, 1024),
+        "power_b64_w2": PowerAttention(block_size=64, window=2, sinks=1),
+    }
+
+
+def _allowed_entries(mask: Any, heads: int, length: int, device: torch.device) -> int:
+    """Number of allowed (query, key) pairs per (batch, head), counted from the kernel's block index."""
+    from shared_attention.backends.triton import block_index_for
+
+    index = block_index_for(mask, 1, heads, length, length, device)
+    full = int((index.row_tile < 0).sum()) * index.block_m * index.block_n
+    partial = int(index.tiles.sum()) if index.n_partial else 0
+    return (full + partial) // max(1, index.mask_heads * index.mask_batch)
+
+
+def _peak(device_name: str) -> float | None:
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in device_name), None)
+
+
+def _time(fn, repeats: int) -> float:
+    from bench.run import time_call
+
+    return time_call(fn, torch.device("cuda"), repeats)
+
+
+def _measure_attention(
+    backend: str, mask: Any, shape: tuple[int, ...], dtype: torch.dtype, flops: float, repeats: int
+) -> dict[str, float]:
+    from shared_attention import attention
+
+    q, k, v = (torch.randn(*shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+
+    def forward() -> torch.Tensor:
+        return attention(q, k, v, mask=mask, backend=backend)
+
+    grad = torch.randn_like(forward())
+
+    def forward_backward() -> None:
+        forward().backward(grad)
+
+    torch.cuda.reset_peak_memory_stats()
+    forward_s = _time(forward, repeats)
+    both_s = _time(forward_backward, repeats)
+    return {
+        "forward_ms": forward_s * 1e3,
+        "forward_backward_ms": both_s * 1e3,
+        "forward_tflops": flops / forward_s / 1e12,
+        "forward_backward_tflops": 3.5 * flops / both_s / 1e12,
+        "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
+    }
+
+
+def bench_block_sparse(lengths: list[int], heads: int, dim: int, repeats: int) -> list[dict[str, Any]]:
+    from shared_attention import BackendUnsupported
+
+    device = torch.device("cuda")
+    dtype = torch.bfloat16
+    peak = _peak(torch.cuda.get_device_name())
+    results = []
+    for length in lengths:
+        for pattern, mask in _patterns().items():
+            entries = _allowed_entries(mask, heads, length, device)
+            flops = 4.0 * heads * entries * dim
+            for backend in ("triton", "flex", "sdpa", "xformers"):
+                case: dict[str, Any] = {
+                    "kernel": "block_sparse_attention",
+                    "backend": backend,
+                    "pattern": pattern,
+                    "shape": [1, heads, length, dim],
+                    "dtype": "bfloat16",
+                    "density": entries / float(length * length),
+                }
+                try:
+                    case.update(
+                        _measure_attention(backend, mask, (1, heads, length, dim), dtype, flops, repeats)
+                    )
+                    if peak:
+                        case["forward_fraction_of_peak"] = case["forward_tflops"] / peak
+                except BackendUnsupported as err:
+                    case["unsupported"] = str(err)
+                except torch.cuda.OutOfMemoryError:
+                    case["unsupported"] = "out of GPU memory"
+                torch.cuda.empty_cache()
+                log.info("%s", case)
+                results.append(case)
+    return results
+
+
+def bench_linear(lengths: list[int], heads: int, dim: int, repeats: int) -> list[dict[str, Any]]:
+    from kernels.linear_attention import linear_attention_parts as triton_parts
+    from shared_attention.layers.linear import linear_attention_parts as torch_parts
+
+    device = torch.device("cuda")
+    results = []
+    for length in lengths:
+        for causal in (True, False):
+            q, k = (
+                torch.rand(1, heads, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+                for _ in range(2)
+            )
+            v = torch.randn(1, heads, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+            for name, fn in (("triton", triton_parts), ("torch_chunked", torch_parts)):
+                case: dict[str, Any] = {
+                    "kernel": "linear_attention_parts",
+                    "backend": name,
+                    "causal": causal,
+                    "shape": [1, heads, length, dim],
+                    "dtype": "bfloat16",
+                }
+
+                def forward(fn=fn, causal=causal, q=q, k=k, v=v):
+                    return fn(q, k, v, causal=causal, chunk_size=64)
+
+                def forward_backward(forward=forward):
+                    numerator, denominator = forward()
+                    (numerator.float().sum() + denominator.float().sum()).backward()
+
+                try:
+                    torch.cuda.reset_peak_memory_stats()
+                    case["forward_ms"] = _time(forward, repeats) * 1e3
+                    case["forward_backward_ms"] = _time(forward_backward, repeats) * 1e3
+                    case["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                except torch.cuda.OutOfMemoryError:
+                    case["unsupported"] = "out of GPU memory"
+                log.info("%s", case)
+                results.append(case)
+    return results
+
+
+def check_interpreted() -> list[dict[str, Any]]:
+    """Correctness-scale comparison of both kernels with their references, in the interpreter."""
+    from kernels.linear_attention import linear_attention_parts as triton_parts
+    from shared_attention import attention
+    from shared_attention.layers.linear import linear_attention_parts as torch_parts
+
+    torch.manual_seed(0)
+    checks = []
+    for pattern, mask in _patterns().items():
+        scaled = type(mask)(**{**mask.__dict__, **_small_params(mask)})
+        q, k, v = (torch.randn(1, 2, 96, 32, requires_grad=True) for _ in range(3))
+        out = attention(q, k, v, mask=scaled, backend="triton")
+        reference = attention(q, k, v, mask=scaled, backend="math")
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        ref_grads = torch.autograd.grad(reference.sum(), (q, k, v))
+        out, reference = out.detach(), reference.detach()
+        checks.append(
+            {
+                "kernel": "block_sparse_attention",
+                "pattern": f"{pattern} scaled to {scaled}",
+                "shape": [1, 2, 96, 32],
+                "max_abs_error": float((out - reference).abs().max()),
+                "max_abs_grad_error": max(float((a - b).abs().max()) for a, b in zip(grads, ref_grads)),
+            }
+        )
+    for causal in (True, False):
+        q, k = (torch.rand(1, 2, 96, 16) for _ in range(2))
+        v = torch.randn(1, 2, 96, 16)
+        got = triton_parts(q, k, v, causal=causal, chunk_size=32)
+        want = torch_parts(q, k, v, causal=causal, chunk_size=32)
+        checks.append(
+            {
+                "kernel": "linear_attention_parts",
+                "causal": causal,
+                "shape": [1, 2, 96, 16],
+                "max_relative_error": max(
+                    float(((a - b).abs().max() / b.abs().max()).item()) for a, b in zip(got, want)
+                ),
+            }
+        )
+    for check in checks:
+        log.info("%s", check)
+    return checks
+
+
+def _small_params(mask: Any) -> dict[str, int]:
+    """Pattern parameters shrunk to a 96-token check (same structure, a few blocks)."""
+    fields = mask.__dict__
+    small = {}
+    if "window" in fields:
+        small["window"] = 2 if "block_size" in fields else 20
+    if "sinks" in fields and "block_size" not in fields:
+        small["sinks"] = 4
+    if "block_size" in fields:
+        small["block_size"] = 8
+    return small
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536])
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from bench.run import machine
+
+    report: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    if cuda:
+        report["peak_tflops"] = _peak(torch.cuda.get_device_name())
+        report["block_sparse"] = bench_block_sparse(args.lengths, args.heads, args.dim, args.repeats)
+        report["linear"] = bench_linear(args.lengths, args.heads, args.dim, args.repeats)
+    else:
+        report["note"] = (
+            "no GPU: the Triton kernels ran in the interpreter (TRITON_INTERPRET=1) on correctness-scale "
+            "shapes only; interpreter timings say nothing about kernel speed, so none are reported. "
+            "Run on a CUDA machine for timings."
+        )
+        log.warning("%s", report["note"])
+        report["interpreted_checks"] = check_interpreted()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"kernels_{'cuda' if cuda else 'cpu'}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()
