@@ -32,7 +32,7 @@ $(SYSDEPS): Makefile
 $(STAMP): pyproject.toml $(SYSDEPS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade "pip>=24" setuptools wheel
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,lkh]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

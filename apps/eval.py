@@ -1,11 +1,13 @@
 """Evaluation entry: `python -m apps.eval app=<app> ckpt_path=<ckpt> [app.data.test_file=...]`.
 
 Rebuilds the model from the checkpoint (weights only), runs the app's test loop on the test split
-(generated, or the file given in config) and writes `eval_metrics.json` into the run folder.
+(generated, or the file given in config), writes `eval_metrics.json` into the run folder and prints
+the metrics as one JSON object on stdout.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -30,9 +32,10 @@ def main(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(cfg.trainer)
     results = trainer.test(module, datamodule=datamodule)
     metrics = results[0] if results else {}
-    write_json(
-        Path(cfg.paths.output_dir) / "eval_metrics.json", {"checkpoint": str(cfg.ckpt_path), **metrics}
-    )
+    report = {"checkpoint": str(cfg.ckpt_path), **metrics}
+    write_json(Path(cfg.paths.output_dir) / "eval_metrics.json", report)
+    # the command's result, for scripts: one JSON object on stdout
+    print(json.dumps(report, sort_keys=True))
     return metrics
 
 

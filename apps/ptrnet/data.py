@@ -111,7 +111,12 @@ class PointerDataModule(pl.LightningDataModule):
         return self.data_dir / "ptrnet" / name
 
     def prepare_data(self) -> None:
-        for split in ("train", "val", "test"):
+        """Build (or check) the splits the running trainer function needs: `trainer.test` on a
+        released file does not generate training data."""
+        state = getattr(getattr(self, "trainer", None), "state", None)
+        function = getattr(getattr(state, "fn", None), "value", None)
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(function, ("train", "val", "test")):
             self._ensure(split)
 
     def _ensure(self, split: str) -> Path:
