@@ -57,6 +57,8 @@ ifeq ($(origin APP),command line)
 	$(PY) -m bench.$(APP) --out $(BENCH_OUT) $(ARGS)
 else
 	$(PY) -m bench.run --out $(BENCH_OUT) $(ARGS)
+	$(PY) -m bench.mechanisms --out $(BENCH_OUT)
+	$(PY) -m bench.kernels --out $(BENCH_OUT)
 endif
 
 test: $(STAMP)

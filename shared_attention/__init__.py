@@ -10,7 +10,20 @@ from shared_attention.functional import (
     explain,
     force_backend,
 )
-from shared_attention.layers import AdditiveAttention, MultiHeadAttention, PointerHead, RotaryEmbedding
+from shared_attention.layers import (
+    AdditiveAttention,
+    DeconstructedAttention,
+    LayerPattern,
+    LinearAttention,
+    MagnitudeAwareLinearAttention,
+    MultiHeadAttention,
+    NTKAttention,
+    PointerHead,
+    RelativeConvAttention,
+    RotaryEmbedding,
+    SigmoidAttention,
+    SparsePatternAttention,
+)
 from shared_attention.masks import (
     AndMask,
     BlockSparse,
@@ -18,6 +31,7 @@ from shared_attention.masks import (
     DenseMask,
     KeyPadding,
     MaskSpec,
+    PowerAttention,
     SinkWindow,
     SlidingWindow,
     VarLen,
@@ -36,6 +50,7 @@ __all__ = [
     "VarLen",
     "SlidingWindow",
     "SinkWindow",
+    "PowerAttention",
     "BlockSparse",
     "AndMask",
     "DenseMask",
@@ -43,5 +58,13 @@ __all__ = [
     "AdditiveAttention",
     "PointerHead",
     "RotaryEmbedding",
+    "LinearAttention",
+    "MagnitudeAwareLinearAttention",
+    "SigmoidAttention",
+    "RelativeConvAttention",
+    "NTKAttention",
+    "DeconstructedAttention",
+    "LayerPattern",
+    "SparsePatternAttention",
     "capture_attention",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "VarLen",
     "SlidingWindow",
     "SinkWindow",
+    "PowerAttention",
     "BlockSparse",
     "AndMask",
     "DenseMask",
@@ -408,6 +409,45 @@ class SinkWindow(MaskSpec):
 
     def _allowed(self, b, h, q_idx, kv_idx, device):
         return (kv_idx <= q_idx) & ((kv_idx < self.sinks) | (q_idx - kv_idx < self.window))
+
+
+@dataclass(frozen=True)
+class PowerAttention(MaskSpec):
+    """PowerAttention's sparse pattern ("PowerAttention: Exponentially Scaling of Receptive Fields
+    for Effective Sparse Attention", Chen et al., 2025): besides a local window, a query attends
+    the keys whose distance is a power of two, so stacking ``n`` layers reaches ``2^n`` tokens
+    back with ``O(log L)`` keys per query.
+
+    Distances are counted in blocks of ``block_size`` tokens (``qb = i // block_size``,
+    ``kb = j // block_size``, ``d = qb - kb``, or ``|qb - kb|`` when not causal): query ``i``
+    attends key ``j`` iff (``j <= i`` when causal) and (``d < window`` or ``d`` is a power of two
+    or ``kb < sinks``). ``window`` and ``sinks`` count blocks; ``window >= 1`` keeps the diagonal
+    block, so every query sees at least itself.
+    """
+
+    block_size: int = 1
+    window: int = 1
+    sinks: int = 0
+    causal: bool = True
+    block_sparse = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block_size, int) or self.block_size <= 0:
+            raise ValueError(f"PowerAttention block_size must be a positive int, got {self.block_size!r}")
+        if not isinstance(self.window, int) or self.window <= 0:
+            raise ValueError(f"PowerAttention window must be a positive int (blocks), got {self.window!r}")
+        if not isinstance(self.sinks, int) or self.sinks < 0:
+            raise ValueError(f"PowerAttention sinks must be an int >= 0 (blocks), got {self.sinks!r}")
+
+    def _allowed(self, b, h, q_idx, kv_idx, device):
+        qb = q_idx // self.block_size
+        kb = kv_idx // self.block_size
+        distance = qb - kb if self.causal else (qb - kb).abs()
+        power_of_two = (distance > 0) & ((distance & (distance - 1)) == 0)
+        allowed = (distance < self.window) | power_of_two | (kb < self.sinks)
+        if self.causal:
+            allowed = allowed & (kv_idx <= q_idx)
+        return allowed
 
 
 @dataclass(frozen=True, eq=False)

@@ -31,6 +31,11 @@ def capture_attention(model: nn.Module) -> Iterator[AttentionMaps]:
     """While active, every attention layer in ``model`` runs the ``math`` backend with
     weights and records them (detached) into the yielded ``AttentionMaps``.
 
+    Captured layers: ``MultiHeadAttention`` (and subclasses), ``AdditiveAttention``,
+    ``PointerHead``, and any layer whose class sets ``records_attention_weights = True`` and
+    calls its ``attention_recorder`` with its ``(B, H, Lq, Lk)`` weights (sigmoid, MALA, NTK,
+    RCMHA and the deconstructed variants do).
+
     Any other ``attention()`` call made inside the block also uses ``math``.
     """
     maps = AttentionMaps()
@@ -44,7 +49,9 @@ def capture_attention(model: nn.Module) -> Iterator[AttentionMaps]:
 
     try:
         for name, module in model.named_modules():
-            if isinstance(module, CAPTURED_TYPES):
+            if isinstance(module, CAPTURED_TYPES) or getattr(
+                type(module), "records_attention_weights", False
+            ):
                 module.attention_recorder = recorder(name)
                 patched.append(module)
         with force_backend("math"):
