@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from bench.common import machine, median_time
+
 log = logging.getLogger("bench.kernels")
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) by device-name fragment, for the "fraction of peak" column.
@@ -54,9 +56,7 @@ def _peak(device_name: str) -> float | None:
 
 
 def _time(fn, repeats: int) -> float:
-    from bench.run import time_call
-
-    return time_call(fn, torch.device("cuda"), repeats)
+    return median_time(fn, torch.device("cuda"), repeats)
 
 
 def _measure_attention(
@@ -235,7 +235,6 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from bench.run import machine
 
     report: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
     if cuda:

@@ -19,10 +19,7 @@ import ctypes
 import gc
 import json
 import logging
-import os
 import re
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.run import machine
+from bench.common import machine, median_time
 from shared_attention import (
     BackendUnsupported,
     Causal,
@@ -120,35 +117,6 @@ def _return_freed_memory_to_the_os() -> None:
     libc.mallopt(m_mmap_threshold, 64 * 1024)
 
 
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    match = re.search(r"model name\s*:\s*(.+)", text)
-    return match.group(1).strip() if match else ""
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_time(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
-    fn()
-    _sync(device)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-        if samples[-1] > 5.0:
-            break
-    return statistics.median(samples)
-
-
 def measure(
     name: str, length: int, *, embed_dim: int, num_heads: int, device: torch.device, repeats: int
 ) -> dict[str, Any]:
@@ -171,12 +139,12 @@ def measure(
     memory.start()
     forward()
     row: dict[str, Any] = {"mechanism": name, "length": length, "forward_peak_mb": round(memory.stop(), 1)}
-    row["forward_s"] = _median_time(forward, device, repeats)
+    row["forward_s"] = median_time(forward, device, repeats, max_seconds=5.0)
     try:
         memory.start()
         forward_backward()
         row["forward_backward_peak_mb"] = round(memory.stop(), 1)
-        row["forward_backward_s"] = _median_time(forward_backward, device, repeats)
+        row["forward_backward_s"] = median_time(forward_backward, device, repeats, max_seconds=5.0)
     except BackendUnsupported as err:
         row["forward_backward_unsupported"] = str(err)
     return row
@@ -278,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
-        "machine": {**machine(), "cpu_model": _cpu_model(), "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "device": device.type,
         "setting": {
             "batch": 1,

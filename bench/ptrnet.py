@@ -19,8 +19,6 @@ import functools
 import importlib.util
 import json
 import logging
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from apps.ptrnet.formats import Example
 from apps.ptrnet.generate import HELD_KARP_MAX_N, tsp_target_lkh, tsp_targets_held_karp
 from apps.ptrnet.metrics import tour_length
 from apps.ptrnet.model import LSTMEncoder, PointerNet, TransformerEncoder
+from bench.common import machine, median_time, sync
 from shared_attention import MultiHeadAttention
 
 log = logging.getLogger("bench.ptrnet")
@@ -47,36 +46,6 @@ def build(kind: str) -> PointerNet:
         embed_dim=128, num_layers=3, num_heads=8, ff_dim=512, attention=functools.partial(MultiHeadAttention)
     )
     return PointerNet(encoder, decoder="attention", decoder_heads=8, clip=10.0)
-
-
-def machine() -> dict[str, Any]:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of `fn()` after one warm-up call."""
-    fn()
-    _sync(device)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def tsp_batch(n: int, count: int, seed: int, device: torch.device) -> dict[str, Any]:
@@ -113,7 +82,7 @@ def bench_train(
             batch = tsp_batch(n, batch_size, seed=n, device=device)
 
             step = functools.partial(train_step, model, optimizer, batch)
-            seconds = timed(step, device, repeats)
+            seconds = median_time(step, device, repeats)
             rows.append({"model": kind, "n": n, "batch": batch_size, "samples_per_s": batch_size / seconds})
             log.info("train %s n=%d: %.0f samples/s", kind, n, batch_size / seconds)
     return rows
@@ -133,7 +102,7 @@ def bench_inference(
                 ("greedy", functools.partial(greedy_decode, model, points, lengths, "tsp")),
                 ("beam5", functools.partial(beam_search, model, points, lengths, "tsp", beam_width=5)),
             ):
-                seconds = timed(fn, device, repeats)
+                seconds = median_time(fn, device, repeats)
                 rows.append(
                     {
                         "model": kind,
@@ -197,10 +166,10 @@ def bench_quality(ckpt: Path | None, n: int, count: int, device: torch.device) -
             )[0],
         }
         for name, fn in decoders.items():
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             positions = fn()
-            _sync(device)
+            sync(device)
             seconds = time.perf_counter() - start
             lengths = tour_lengths(tensor, positions).cpu().numpy().astype(np.float64)
             rows.append(

@@ -11,53 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.common import machine, median_time
 from shared_attention import BackendUnsupported, Causal, SlidingWindow, attention, available_backends
 
 log = logging.getLogger("bench")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_call(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of `fn()` in seconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def attention_flops(batch: int, heads: int, q_len: int, k_len: int, dim: int, density: float) -> float:
     """Forward FLOPs of softmax attention: two matmuls of 2·B·H·Lq·Lk·D, scaled by mask density."""
     return 4.0 * batch * heads * q_len * k_len * dim * density
-
-
-def machine() -> dict[str, Any]:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor(),
-        "threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def _measure(
@@ -79,10 +47,10 @@ def _measure(
     def forward_backward() -> None:
         forward().backward(grad)
 
-    forward_s = time_call(forward, device, repeats)
+    forward_s = median_time(forward, device, repeats)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    both_s = time_call(forward_backward, device, repeats)
+    both_s = median_time(forward_backward, device, repeats)
     flops = attention_flops(*shape[:3], shape[2], shape[3], density)
     result = {
         "forward_ms": forward_s * 1e3,
