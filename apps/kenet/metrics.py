@@ -1,0 +1,140 @@
+"""Multi-label classification metrics (NumPy): ranking (P@k, nDCG@k) and thresholded (F1, Hamming).
+
+Conventions (those of the extreme/multi-label literature, e.g. Bhatia et al.'s XML repository):
+- ``P@k = (1/k) Σ_{r≤k} y_{π(r)}`` with ``π`` the labels sorted by score, averaged over documents;
+- ``DCG@k = Σ_{r≤k} y_{π(r)} / log2(r + 1)``, ``nDCG@k = DCG@k / Σ_{r≤min(k, |y|)} 1/log2(r + 1)``
+  (documents without labels score 0);
+- micro-F1 pools true/false positives over all labels; macro-F1 averages per-label F1 over the
+  label vocabulary (a label with no positives and no predictions scores 0, as scikit-learn);
+- Hamming loss is the fraction of wrong label decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+RANKS = (1, 3, 5)
+
+
+def _check(scores: np.ndarray, targets: np.ndarray) -> None:
+    if scores.shape != targets.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and targets {targets.shape} must both be (N, C)")
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices `(N, k)` of the k highest scores per row, best first (ties: lower index first)."""
+    k = min(k, scores.shape[1])
+    part = (
+        np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        if k < scores.shape[1]
+        else np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+    )
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def precision_at_k(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Mean P@k over documents. `scores`, `targets (N, C)`."""
+    _check(scores, targets)
+    hits = np.take_along_axis(targets, top_k(scores, k), axis=1)
+    return float(hits.sum(axis=1).mean() / k)
+
+
+def ndcg_at_k(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Mean nDCG@k over documents. `scores`, `targets (N, C)`."""
+    _check(scores, targets)
+    top = top_k(scores, k)
+    discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
+    dcg = (np.take_along_axis(targets, top, axis=1) * discounts).sum(axis=1)
+    positives = np.minimum(targets.sum(axis=1).astype(int), top.shape[1])
+    ideal_table = np.concatenate([[0.0], np.cumsum(discounts)])
+    ideal = ideal_table[positives]
+    return float(np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0).mean())
+
+
+def f1_counts(predicted: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-label true positives, false positives, false negatives `(C,)` for 0/1 arrays `(N, C)`."""
+    predicted = predicted.astype(bool)
+    truth = targets.astype(bool)
+    tp = (predicted & truth).sum(axis=0)
+    fp = (predicted & ~truth).sum(axis=0)
+    fn = (~predicted & truth).sum(axis=0)
+    return tp, fp, fn
+
+
+def per_label_f1(predicted: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    tp, fp, fn = f1_counts(predicted, targets)
+    denominator = 2 * tp + fp + fn
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+
+
+def micro_f1(predicted: np.ndarray, targets: np.ndarray) -> float:
+    tp, fp, fn = f1_counts(predicted, targets)
+    denominator = 2 * tp.sum() + fp.sum() + fn.sum()
+    return float(2 * tp.sum() / denominator) if denominator else 0.0
+
+
+def macro_f1(predicted: np.ndarray, targets: np.ndarray) -> float:
+    return float(per_label_f1(predicted, targets).mean())
+
+
+def hamming_loss(predicted: np.ndarray, targets: np.ndarray) -> float:
+    return float((predicted.astype(bool) != targets.astype(bool)).mean())
+
+
+def best_threshold(
+    scores: np.ndarray, targets: np.ndarray, grid: Sequence[float] | None = None
+) -> tuple[float, float]:
+    """The global threshold on `scores` (probabilities) that maximises micro-F1; returns (threshold, F1)."""
+    _check(scores, targets)
+    grid = np.round(np.arange(0.05, 0.951, 0.025), 3) if grid is None else np.asarray(grid)
+    best = (0.5, -1.0)
+    for threshold in grid:
+        score = micro_f1(scores >= threshold, targets)
+        if score > best[1]:
+            best = (float(threshold), score)
+    return best
+
+
+def all_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
+    """Every reported metric: p@1/3/5, ndcg@3/5, micro/macro F1 and Hamming loss at `threshold`."""
+    _check(scores, targets)
+    predicted = scores >= threshold
+    out = {f"p@{k}": precision_at_k(scores, targets, k) for k in RANKS}
+    out.update({f"ndcg@{k}": ndcg_at_k(scores, targets, k) for k in (3, 5)})
+    out["micro_f1"] = micro_f1(predicted, targets)
+    out["macro_f1"] = macro_f1(predicted, targets)
+    out["hamming"] = hamming_loss(predicted, targets)
+    return out
+
+
+def per_label_report(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    threshold: float,
+    labels: Sequence[str],
+    train_counts: Sequence[int],
+) -> list[dict[str, float | int | str]]:
+    """One row per label: training frequency, test support, precision, recall, F1."""
+    predicted = scores >= threshold
+    tp, fp, fn = f1_counts(predicted, targets)
+    f1 = per_label_f1(predicted, targets)
+    rows = []
+    for i, label in enumerate(labels):
+        precision = tp[i] / (tp[i] + fp[i]) if tp[i] + fp[i] else 0.0
+        recall = tp[i] / (tp[i] + fn[i]) if tp[i] + fn[i] else 0.0
+        rows.append(
+            {
+                "label": label,
+                "train_count": int(train_counts[i]),
+                "support": int(tp[i] + fn[i]),
+                "predicted": int(tp[i] + fp[i]),
+                "precision": float(precision),
+                "recall": float(recall),
+                "f1": float(f1[i]),
+            }
+        )
+    return rows
