@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apps.common.data import EpochSeededSampler, loader_generator
+from apps.common.data import SplitLoaders, seeded_loader
 from apps.kenet.encoders import (
     DEFAULT_ENCODER,
     PretrainedEncoder,
@@ -131,7 +131,7 @@ class KeNetCollator:
         return out
 
 
-class KeNetDataModule(pl.LightningDataModule):
+class KeNetDataModule(SplitLoaders, pl.LightningDataModule):
     """Train/val/test splits of a multi-label corpus with knowledge and (frozen) encoder states.
 
     Args:
@@ -320,21 +320,11 @@ class KeNetDataModule(pl.LightningDataModule):
         collate = KeNetCollator(
             dataset, self.knowledge_ids, self.knowledge_states, len(self.labels), self.max_knowledge_entries
         )
-        return DataLoader(
+        return seeded_loader(
             dataset,
+            collate,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochSeededSampler(dataset, self.seed, shuffle=shuffle),
-            collate_fn=collate,
+            shuffle=shuffle,
+            seed=self.seed,
             num_workers=self.num_workers,
-            generator=loader_generator(self.seed),
-            persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

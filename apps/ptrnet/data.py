@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apps.common.data import EpochSeededSampler, loader_generator
+from apps.common.data import SplitLoaders, seeded_loader
 from apps.ptrnet.decoding import targets_to_positions
 from apps.ptrnet.formats import Example, normalize_task, read_examples
 from apps.ptrnet.generate import build_dataset
@@ -57,7 +57,7 @@ def _size_tag(n: int | tuple[int, int] | list[int]) -> str:
     return f"{low}-{high}"
 
 
-class PointerDataModule(pl.LightningDataModule):
+class PointerDataModule(SplitLoaders, pl.LightningDataModule):
     """Train/val/test splits for convex hull, Delaunay or TSP.
 
     Each split comes from `<split>_file` when given (the paper's format, `.gz` accepted); otherwise
@@ -144,21 +144,11 @@ class PointerDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         dataset = self.datasets[split]
-        return DataLoader(
+        return seeded_loader(
             dataset,
+            collate_examples,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochSeededSampler(dataset, self.seed, shuffle=shuffle),
-            collate_fn=collate_examples,
+            shuffle=shuffle,
+            seed=self.seed,
             num_workers=self.num_workers,
-            generator=loader_generator(self.seed),
-            persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
