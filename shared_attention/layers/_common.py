@@ -57,13 +57,22 @@ def as_spec(mask: MaskLike) -> MaskSpec | None:
     return DenseMask(mask)
 
 
-def dense_allowed(mask: MaskLike, B: int, H: int, Lq: int, Lk: int, device: torch.device) -> Tensor | None:
-    """Bool ``(B|1, H|1, Lq, Lk)`` (True = may attend), or None for no mask."""
+def dense_allowed(
+    mask: MaskLike, B: int, H: int, Lq: int, Lk: int, device: torch.device, *, causal: bool = False
+) -> Tensor | None:
+    """Bool ``(B|1, H|1, Lq, Lk)`` (True = may attend), or None for no mask.
+
+    ``causal`` also restricts query ``i`` to keys ``j <= i`` (a mechanism's own ``causal`` option).
+    """
     spec = as_spec(mask)
-    if spec is None:
-        return None
-    spec.validate(B, H, Lq, Lk)
-    return spec.to_dense(B, H, Lq, Lk, device)
+    allowed = None
+    if spec is not None:
+        spec.validate(B, H, Lq, Lk)
+        allowed = spec.to_dense(B, H, Lq, Lk, device)
+    if causal:
+        tril = torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril()[None, None]
+        allowed = tril if allowed is None else allowed & tril
+    return allowed
 
 
 @dataclass(frozen=True)

@@ -138,10 +138,7 @@ class NTKAttention(nn.Module):
         v = split_heads(self.v_proj(source), self.num_heads)
         B, H, Lq, _ = q.shape
         Lk = k.shape[2]
-        allowed = dense_allowed(mask, B, H, Lq, Lk, x.device)
-        if self.causal:
-            tril = torch.ones(Lq, Lk, dtype=torch.bool, device=x.device).tril()[None, None]
-            allowed = tril if allowed is None else allowed & tril
+        allowed = dense_allowed(mask, B, H, Lq, Lk, x.device, causal=self.causal)
         out, weights = ntk_attention(
             q,
             k,

@@ -142,10 +142,7 @@ class RelativeConvAttention(nn.Module):
         k = split_heads(self.k_conv(self.k_proj(source), causal), self.num_heads)
         v = split_heads(self.v_conv(self.v_proj(source), causal), self.num_heads)
         scores = ((q + self.content_bias) @ k.transpose(-2, -1) + self.relative_scores(q, Lk)) * self.scale
-        allowed = dense_allowed(mask, B, self.num_heads, Lq, Lk, x.device)
-        if self.causal:
-            tril = torch.ones(Lq, Lk, dtype=torch.bool, device=x.device).tril()[None, None]
-            allowed = tril if allowed is None else allowed & tril
+        allowed = dense_allowed(mask, B, self.num_heads, Lq, Lk, x.device, causal=self.causal)
         weights = masked_softmax(scores, allowed)
         if self.attention_recorder is not None:
             self.attention_recorder(weights)

@@ -119,10 +119,7 @@ class SigmoidAttention(nn.Module):
         v = split_heads(self.v_proj(source), self.num_heads)
         B, H, Lq, _ = q.shape
         Lk = k.shape[2]
-        allowed = dense_allowed(mask, B, H, Lq, Lk, x.device)
-        if self.causal:
-            tril = torch.ones(Lq, Lk, dtype=torch.bool, device=x.device).tril()[None, None]
-            allowed = tril if allowed is None else allowed & tril
+        allowed = dense_allowed(mask, B, H, Lq, Lk, x.device, causal=self.causal)
         tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
         bias = self.score_bias(k.new_ones(Lk).sum() if tracing else Lk)
         chunked = (
