@@ -6,9 +6,12 @@ under `data/debtags/` with its `SHA256SUMS`, which are verified before reading. 
 
 A batch (dict) holds:
 `doc_ids (B, L)` long and `doc_mask (B, L)` bool — the document's token ids (encoder tokenizer);
-`know_ids (B, K, Lk)` and `know_mask (B, K, Lk)` — the token ids of up to K knowledge texts;
-`targets (B, C)` float multi-hot labels; with a frozen encoder also `doc_states (B, L, E)` and
-`know_states (B, K, Lk, E)`, the cached encoder outputs; `index (B,)` the documents' positions.
+`know_ids (U, Lk)` and `know_mask (U, Lk)` — the token ids of the batch's U distinct knowledge
+texts, and `know_index (B, K)` — which of them is each document's k-th text (−1: none), so a text
+retrieved by many documents is encoded once per batch (`per_document_knowledge` gives the
+`(B, K, Lk)` form); `targets (B, C)` float multi-hot labels; with a frozen encoder also
+`doc_states (B, L, E)` and `know_states (U, Lk, E)`, the cached encoder outputs; `index (B,)` the
+documents' positions.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from apps.common.data import SplitLoaders, seeded_loader
@@ -95,40 +99,58 @@ class KeNetCollator:
         doc_ids = torch.full((batch, doc_len), self.pad_id, dtype=torch.long)
         doc_mask = torch.zeros((batch, doc_len), dtype=torch.bool)
         entries = max(1, min(self.max_entries, max(len(data.knowledge[i]) for i in indices)))
-        know_len = max([1, *(len(self.knowledge_ids[k]) for i in indices for k in data.knowledge[i])])
-        know_ids = torch.full((batch, entries, know_len), self.pad_id, dtype=torch.long)
-        know_mask = torch.zeros((batch, entries, know_len), dtype=torch.bool)
+        # the batch's distinct knowledge texts, in order of first use; know_index maps slots to them
+        unique: dict[int, int] = {}
+        know_index = torch.full((batch, entries), -1, dtype=torch.long)
+        for row, i in enumerate(indices):
+            for slot, k in enumerate(data.knowledge[i][:entries]):
+                know_index[row, slot] = unique.setdefault(k, len(unique))
+        texts = list(unique) or [-1]
+        know_len = max([1, *(len(self.knowledge_ids[k]) for k in unique)])
+        know_ids = torch.full((len(texts), know_len), self.pad_id, dtype=torch.long)
+        know_mask = torch.zeros((len(texts), know_len), dtype=torch.bool)
         targets = torch.zeros((batch, self.num_labels))
-        out: dict[str, Any] = {}
-        if data.doc_states is not None:
+        cached = data.doc_states is not None
+        if cached:
             width = data.doc_states.states.shape[1]
             doc_states = np.zeros((batch, doc_len, width), dtype=np.float32)
-            know_states = np.zeros((batch, entries, know_len, width), dtype=np.float32)
+            know_states = np.zeros((len(texts), know_len, width), dtype=np.float32)
+        for row, k in enumerate(unique):
+            kid = self.knowledge_ids[k]
+            know_ids[row, : len(kid)] = torch.as_tensor(kid)
+            know_mask[row, : len(kid)] = True
+            if cached and self.knowledge_states is not None:
+                know_states[row, : len(kid)] = self.knowledge_states.get(k)
         for row, i in enumerate(indices):
             ids = data.doc_ids[i]
             doc_ids[row, : len(ids)] = torch.as_tensor(ids)
             doc_mask[row, : len(ids)] = True
-            for slot, k in enumerate(data.knowledge[i][:entries]):
-                kid = self.knowledge_ids[k]
-                know_ids[row, slot, : len(kid)] = torch.as_tensor(kid)
-                know_mask[row, slot, : len(kid)] = True
-                if data.doc_states is not None and self.knowledge_states is not None:
-                    know_states[row, slot, : len(kid)] = self.knowledge_states.get(k)
-            if data.doc_states is not None:
+            if cached:
                 doc_states[row, : len(ids)] = data.doc_states.get(i)
             targets[row, data.targets[i]] = 1.0
-        out.update(
+        out: dict[str, Any] = dict(
             doc_ids=doc_ids,
             doc_mask=doc_mask,
             know_ids=know_ids,
             know_mask=know_mask,
+            know_index=know_index,
             targets=targets,
             index=torch.as_tensor(list(indices), dtype=torch.long),
         )
-        if data.doc_states is not None:
+        if cached:
             out["doc_states"] = torch.from_numpy(doc_states)
             out["know_states"] = torch.from_numpy(know_states)
         return out
+
+
+def per_document_knowledge(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The per-document form `know_ids, know_mask (B, K, Lk)` of a batch's deduplicated knowledge."""
+    index = batch["know_index"]
+    present = index >= 0
+    rows = index.clamp(min=0)
+    know_ids = batch["know_ids"][rows] * present.unsqueeze(-1)
+    know_mask = batch["know_mask"][rows] & present.unsqueeze(-1)
+    return know_ids, know_mask
 
 
 class KeNetDataModule(SplitLoaders, pl.LightningDataModule):

@@ -90,7 +90,7 @@ def best_threshold(
 ) -> tuple[float, float]:
     """The global threshold on `scores` (probabilities) that maximises micro-F1; returns (threshold, F1)."""
     _check(scores, targets)
-    grid = np.round(np.arange(0.05, 0.951, 0.025), 3) if grid is None else np.asarray(grid)
+    grid = THRESHOLD_GRID if grid is None else np.asarray(grid)
     best = (0.5, -1.0)
     for threshold in grid:
         score = micro_f1(scores >= threshold, targets)
@@ -99,8 +99,54 @@ def best_threshold(
     return best
 
 
-def all_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
-    """Every reported metric: p@1/3/5, ndcg@3/5, micro/macro F1 and Hamming loss at `threshold`."""
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+THRESHOLD_MODES = ("global", "per_label")
+# per-label thresholds may go lower than the global grid: rare labels rarely reach 0.05
+PER_LABEL_GRID = np.concatenate([[0.01, 0.02, 0.03, 0.04], THRESHOLD_GRID])
+
+
+def per_label_thresholds(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    fallback: float,
+    min_support: int = 2,
+    grid: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Per-label thresholds `(C,)` chosen on validation (the "SCut" strategy, Yang 2001).
+
+    Each label with at least `min_support` positive validation documents gets the grid threshold
+    that maximises its own F1 (ties: the one closest to `fallback`); every other label, and any
+    label whose best F1 is 0, keeps `fallback` (normally the global micro-F1 threshold).
+    """
+    _check(scores, targets)
+    grid = PER_LABEL_GRID if grid is None else np.asarray(grid, dtype=np.float64)
+    truth = targets.astype(bool)
+    f1 = np.empty((len(grid), scores.shape[1]))
+    for row, threshold in enumerate(grid):
+        f1[row] = per_label_f1(scores >= threshold, truth)
+    # among the best rows of each label, the threshold closest to the fallback
+    best = f1.max(axis=0)
+    closeness = -np.abs(grid - fallback)[:, None] + np.where(f1 >= best - 1e-12, 0.0, -np.inf)
+    chosen = grid[np.argmax(closeness, axis=0)]
+    keep = (truth.sum(axis=0) >= min_support) & (best > 0)
+    return np.where(keep, chosen, fallback)
+
+
+def choose_thresholds(
+    scores: np.ndarray, targets: np.ndarray, mode: str = "global", min_support: int = 2
+) -> tuple[float, np.ndarray]:
+    """The global micro-F1 threshold and the thresholds `(C,)` to use (`mode`: global | per_label)."""
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"threshold mode: unknown value {mode!r}; expected one of {THRESHOLD_MODES}")
+    global_threshold, _ = best_threshold(scores, targets)
+    if mode == "global":
+        return global_threshold, np.full(scores.shape[1], global_threshold)
+    return global_threshold, per_label_thresholds(scores, targets, global_threshold, min_support)
+
+
+def all_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray) -> dict[str, float]:
+    """Every reported metric: p@1/3/5, ndcg@3/5, micro/macro F1 and Hamming loss at `threshold`
+    (one value, or one per label `(C,)`)."""
     _check(scores, targets)
     predicted = scores >= threshold
     out = {f"p@{k}": precision_at_k(scores, targets, k) for k in RANKS}
@@ -114,12 +160,13 @@ def all_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> di
 def per_label_report(
     scores: np.ndarray,
     targets: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     labels: Sequence[str],
     train_counts: Sequence[int],
 ) -> list[dict[str, float | int | str]]:
-    """One row per label: training frequency, test support, precision, recall, F1."""
+    """One row per label: training frequency, test support, threshold, precision, recall, F1."""
     predicted = scores >= threshold
+    thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (scores.shape[1],))
     tp, fp, fn = f1_counts(predicted, targets)
     f1 = per_label_f1(predicted, targets)
     rows = []
@@ -132,6 +179,7 @@ def per_label_report(
                 "train_count": int(train_counts[i]),
                 "support": int(tp[i] + fn[i]),
                 "predicted": int(tp[i] + fp[i]),
+                "threshold": float(thresholds[i]),
                 "precision": float(precision),
                 "recall": float(recall),
                 "f1": float(f1[i]),

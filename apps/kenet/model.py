@@ -39,7 +39,7 @@ from shared_attention import MultiHeadAttention
 HEADS = ("kenet", "maxpool", "linear")
 FUSIONS = ("gate", "average", "doc_only")
 LABEL_INITS = ("encoder", "random")
-CLASSIFIERS = ("per_label", "shared")
+CLASSIFIERS = ("per_label", "shared", "shared_residual")
 
 
 def reverse_padded(x: Tensor, mask: Tensor) -> Tensor:
@@ -108,13 +108,17 @@ class KeNet(nn.Module):
         hidden_dim: BiLSTM units per direction (`D = 2 · hidden_dim`).
         lstm_layers: stacked BiLSTM layers.
         num_heads: heads of the label attention.
-        dropout: dropout on encoder states, attention weights and the classifier's hidden layer.
+        dropout: dropout on encoder states, between BiLSTM layers and on the classifier's hidden layer.
+        attention_dropout: dropout on the label-attention weights (0 by default: on the (B, H, C, L)
+            weights of hundreds of labels it costs more than the rest of a CPU training step, and
+            without it the fused SDPA kernels serve the attention).
         use_knowledge: attend to the knowledge texts (False: `M = M_d`).
         share_lstm: one BiLSTM for documents and knowledge (else two).
         label_init: `encoder` (label-name embeddings) or `random` (ablation).
         label_trainable: update the label embeddings.
         fusion: `gate` (the comprehensive attention), `average` or `doc_only`.
-        classifier: `per_label` (``w_c`` per label) or `shared` (one ``w₂`` for all labels, as in the notes).
+        classifier: `per_label` (``w_c`` per label), `shared` (one ``w₂`` for all labels, as in the
+            notes) or `shared_residual` (``w_c = w₂ + δ_c`` with ``δ_c`` starting at 0).
         classifier_dim: width of ``W₁``.
         attention: factory of the label-attention layers, called as
             `attention(embed_dim=D, num_heads=..., dropout=...)` (the Hydra `${attention}` partial).
@@ -134,6 +138,7 @@ class KeNet(nn.Module):
         lstm_layers: int = 1,
         num_heads: int = 4,
         dropout: float = 0.2,
+        attention_dropout: float = 0.0,
         use_knowledge: bool = True,
         share_lstm: bool = False,
         label_init: str = "encoder",
@@ -175,9 +180,11 @@ class KeNet(nn.Module):
                 )
         self.model_dim = 2 * hidden_dim if head != "linear" else width
         if head == "kenet":
-            self.doc_attention = attention(embed_dim=self.model_dim, num_heads=num_heads, dropout=dropout)
+            self.doc_attention = attention(
+                embed_dim=self.model_dim, num_heads=num_heads, dropout=attention_dropout
+            )
             self.know_attention = (
-                attention(embed_dim=self.model_dim, num_heads=num_heads, dropout=dropout)
+                attention(embed_dim=self.model_dim, num_heads=num_heads, dropout=attention_dropout)
                 if self.use_knowledge
                 else None
             )
@@ -188,6 +195,8 @@ class KeNet(nn.Module):
             )
             self.hidden = nn.Linear(self.model_dim, classifier_dim)
         self.register_buffer("threshold", torch.tensor(0.5))
+        # the single validation threshold maximising micro-F1 (reported beside per-label thresholds)
+        self.register_buffer("global_threshold", torch.tensor(0.5))
         self.save_frozen_encoder = save_frozen_encoder
         self.register_state_dict_post_hook(_drop_frozen_encoder)
         self.register_load_state_dict_pre_hook(_fill_frozen_encoder)
@@ -216,16 +225,21 @@ class KeNet(nn.Module):
                 init = torch.randn(count, width, generator=generator).to(reference) * 0.1
             self.label_embedding = nn.Parameter(init, requires_grad=self.label_trainable)
             self.label_proj = nn.Linear(width, self.model_dim).to(reference)
-            if self.classifier_kind == "per_label":
-                self.label_weight = nn.Parameter(torch.empty(count, self.classifier_dim).to(reference))
-                nn.init.normal_(self.label_weight, std=self.classifier_dim**-0.5)
-            else:
-                self.label_weight = nn.Parameter(torch.empty(1, self.classifier_dim).to(reference))
-                nn.init.normal_(self.label_weight, std=self.classifier_dim**-0.5)
+            # w_c: per_label (own random vector), shared (one w₂), shared_residual (w₂ + δ_c, δ_c = 0 at
+            # the start: a rare label scores through the shared, well-trained w₂ until its own data moves δ_c)
+            rows = 1 if self.classifier_kind == "shared" else count
+            self.label_weight = nn.Parameter(torch.empty(rows, self.classifier_dim).to(reference))
+            nn.init.normal_(self.label_weight, std=self.classifier_dim**-0.5)
+            if self.classifier_kind == "shared_residual":
+                nn.init.zeros_(self.label_weight)
+                self.shared_weight = nn.Parameter(torch.empty(1, self.classifier_dim).to(reference))
+                nn.init.normal_(self.shared_weight, std=self.classifier_dim**-0.5)
             self.label_bias = nn.Parameter(torch.full((count,), -3.0).to(reference))
         else:
             self.output = nn.Linear(self.model_dim, count).to(reference)
             nn.init.constant_(self.output.bias, -3.0)
+        # decision thresholds on the probabilities, one per label (set from validation by the module)
+        self.threshold = torch.full((count,), 0.5, device=reference.device)
 
     @torch.no_grad()
     def label_name_embeddings(self, labels: Sequence[str]) -> Tensor:
@@ -253,12 +267,19 @@ class KeNet(nn.Module):
         doc_states: Tensor | None = None,
         know_states: Tensor | None = None,
         return_attention: bool = False,
+        know_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Label logits `(B, C)`.
 
         `doc_ids (B, L)`, `doc_mask (B, L)` bool; `know_ids`, `know_mask (B, K, Lk)`; optional cached
         frozen-encoder states `doc_states (B, L, E)`, `know_states (B, K, Lk, E)` replace the
         encoder pass. With `return_attention`, also the fusion gate `(B, C, D)` (when gated).
+
+        Deduplicated knowledge (what the data module's batches hold): with `know_index (B, K)` long,
+        `know_ids`, `know_mask (U, Lk)` and `know_states (U, Lk, E)` are the batch's U distinct
+        knowledge texts and `know_index[b, k]` is the row of document b's k-th text (−1: no text).
+        Each distinct text then goes through the knowledge BiLSTM once per batch, however many
+        documents retrieved it; the result equals the per-document form.
         """
         if not self.built:
             raise RuntimeError("KeNet.build(labels) must run before the forward pass (the module does it)")
@@ -277,22 +298,20 @@ class KeNet(nn.Module):
             logits = self.output(self.embed_dropout(pooled))
             return (logits, extras) if return_attention else logits
         batch = doc_ids.shape[0]
-        queries = self.label_proj(self.label_embedding).unsqueeze(0).expand(batch, -1, -1)
-        m_doc = self.doc_attention(queries, context=h_doc, mask=doc_mask)
+        # the label queries are the same for every document: layers that broadcast a query batch
+        # of 1 project them once instead of B times
+        queries = self.label_proj(self.label_embedding).unsqueeze(0)
+        m_doc = self.doc_attention(
+            self._queries(queries, self.doc_attention, batch), context=h_doc, mask=doc_mask
+        )
         fused = m_doc
         if self.use_knowledge:
             if know_ids is None or know_mask is None:
                 raise ValueError("KeNet with use_knowledge=true needs know_ids and know_mask")
-            entries, length = know_mask.shape[1], know_mask.shape[2]
-            flat_mask = know_mask.reshape(batch * entries, length)
-            flat_states = None if know_states is None else know_states.reshape(batch * entries, length, -1)
-            know = self.embed_dropout(
-                self._states(know_ids.reshape(batch * entries, length), flat_mask, flat_states)
-            )
-            assert self.know_lstm is not None
-            h_know = self.know_lstm(know, flat_mask).reshape(batch, entries * length, -1)
+            assert self.know_lstm is not None and self.know_attention is not None
+            h_know, key_mask = self._encode_knowledge(know_ids, know_mask, know_states, know_index, batch)
             m_know = self.know_attention(
-                queries, context=h_know, mask=know_mask.reshape(batch, entries * length)
+                self._queries(queries, self.know_attention, batch), context=h_know, mask=key_mask
             )
             if self.fusion == "gate":
                 assert self.gate is not None
@@ -303,8 +322,48 @@ class KeNet(nn.Module):
                 fused = 0.5 * (m_doc + m_know)
         hidden = torch.relu(self.hidden(fused))
         hidden = nn.functional.dropout(hidden, self.dropout_p, self.training)
-        logits = (hidden * self.label_weight.unsqueeze(0)).sum(-1) + self.label_bias
+        weight = self.label_weight
+        if self.classifier_kind == "shared_residual":
+            weight = weight + self.shared_weight
+        logits = (hidden * weight.unsqueeze(0)).sum(-1) + self.label_bias
         return (logits, extras) if return_attention else logits
+
+    @staticmethod
+    def _queries(queries: Tensor, layer: nn.Module, batch: int) -> Tensor:
+        return queries if getattr(layer, "broadcast_queries", False) else queries.expand(batch, -1, -1)
+
+    def _encode_knowledge(
+        self,
+        know_ids: Tensor,
+        know_mask: Tensor,
+        know_states: Tensor | None,
+        know_index: Tensor | None,
+        batch: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Knowledge keys `H_k (B, K·Lk, D)` and their key-padding mask `(B, K·Lk)`."""
+        assert self.know_lstm is not None
+        if know_index is None:
+            entries, length = know_mask.shape[1], know_mask.shape[2]
+            flat_mask = know_mask.reshape(batch * entries, length)
+            flat_states = None if know_states is None else know_states.reshape(batch * entries, length, -1)
+            know = self.embed_dropout(
+                self._states(know_ids.reshape(batch * entries, length), flat_mask, flat_states)
+            )
+            h_know = self.know_lstm(know, flat_mask).reshape(batch, entries * length, -1)
+            return h_know, know_mask.reshape(batch, entries * length)
+        if know_index.dim() != 2 or know_index.shape[0] != batch or know_mask.dim() != 2:
+            raise ValueError(
+                f"know_index must be (B, K) with B = {batch} and know_mask (U, Lk); got know_index "
+                f"{tuple(know_index.shape)}, know_mask {tuple(know_mask.shape)}"
+            )
+        entries, length = know_index.shape[1], know_mask.shape[1]
+        know = self.embed_dropout(self._states(know_ids, know_mask, know_states))
+        h_unique = self.know_lstm(know, know_mask)  # (U, Lk, D)
+        present = know_index >= 0
+        rows = know_index.clamp(min=0).reshape(-1)
+        h_know = h_unique.index_select(0, rows).reshape(batch, entries * length, -1)
+        key_mask = know_mask.index_select(0, rows).reshape(batch, entries, length) & present.unsqueeze(-1)
+        return h_know, key_mask.reshape(batch, entries * length)
 
     # ----------------------------------------------------------------- export
     def export_graphs(self, batch: dict[str, Tensor]) -> list[ExportGraph]:
@@ -316,7 +375,12 @@ class KeNet(nn.Module):
         """
         graph = _ProbabilityGraph(self).eval()
         doc_ids, doc_mask = batch["doc_ids"], batch["doc_mask"]
-        know_ids, know_mask = batch["know_ids"], batch["know_mask"]
+        if batch.get("know_index") is not None:  # a data-module batch: expand to (B, K, Lk)
+            from apps.kenet.data import per_document_knowledge
+
+            know_ids, know_mask = per_document_knowledge(batch)
+        else:
+            know_ids, know_mask = batch["know_ids"], batch["know_mask"]
         half = max(1, doc_ids.shape[0] // 2)
         pad = torch.nn.functional.pad
         small = (
@@ -362,6 +426,10 @@ def _fill_frozen_encoder(
     unexpected_keys: list[str],
     error_msgs: list[str],
 ) -> None:
+    stored = state_dict.get(prefix + "threshold")
+    if stored is not None and stored.dim() == 0 and module.threshold.dim() == 1:
+        state_dict[prefix + "threshold"] = stored.expand_as(module.threshold).clone()  # one global value
+        state_dict.setdefault(prefix + "global_threshold", stored.clone())
     if module.encoder.trainable:
         return
     for name, tensor in module.encoder.state_dict(keep_vars=True).items():

@@ -33,6 +33,10 @@ class KeNetModule(BaseModule):
 
     Args:
         pos_weight: weight of positive labels in the BCE (1.0 = plain BCE).
+        threshold: `global` (one probability threshold maximising validation micro-F1) or
+            `per_label` (each label's own F1-maximising threshold on validation; labels with fewer
+            than `threshold_min_support` validation positives keep the global one).
+        threshold_min_support: see `threshold`.
         heatmap_docs: validation documents drawn in the attention heatmap plot (0: no plots).
         heatmap_labels: top-scored labels per heatmap.
     """
@@ -46,8 +50,16 @@ class KeNetModule(BaseModule):
         pos_weight: float = 1.0,
         heatmap_docs: int = 3,
         heatmap_labels: int = 8,
+        threshold: str = "global",
+        threshold_min_support: int = 2,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
+        if threshold not in mlc.THRESHOLD_MODES:
+            raise ValueError(
+                f"app.module.threshold: unknown value {threshold!r}; expected one of {mlc.THRESHOLD_MODES}"
+            )
+        self.threshold_mode = threshold
+        self.threshold_min_support = threshold_min_support
         self.pos_weight = pos_weight
         self.heatmap_docs = heatmap_docs
         self.heatmap_labels = heatmap_labels
@@ -80,6 +92,7 @@ class KeNetModule(BaseModule):
             batch.get("know_mask"),
             doc_states=batch.get("doc_states"),
             know_states=batch.get("know_states"),
+            know_index=batch.get("know_index"),
         )
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -120,10 +133,13 @@ class KeNetModule(BaseModule):
         if not self._scores:
             return
         scores, targets = self._collected()
-        threshold, _ = mlc.best_threshold(scores, targets)
+        threshold, thresholds = mlc.choose_thresholds(
+            scores, targets, self.threshold_mode, self.threshold_min_support
+        )
         if not self.trainer.sanity_checking:
-            self.model.threshold.fill_(threshold)
-        values = mlc.all_metrics(scores, targets, threshold)
+            self.model.threshold.copy_(torch.as_tensor(thresholds, dtype=self.model.threshold.dtype))
+            self.model.global_threshold.fill_(threshold)
+        values = mlc.all_metrics(scores, targets, thresholds)
         values["threshold"] = threshold
         for name, value in values.items():
             self.log(f"val/{name}", value, prog_bar=name in ("micro_f1", "p@1"))
@@ -132,7 +148,7 @@ class KeNetModule(BaseModule):
         if not self._scores:
             return
         scores, targets = self._collected()
-        threshold = float(self.model.threshold)
+        threshold = self.model.threshold.detach().cpu().double().numpy()
         values = mlc.all_metrics(scores, targets, threshold)
         for name, value in values.items():
             self.log(f"test/{name}", value)
@@ -143,7 +159,7 @@ class KeNetModule(BaseModule):
         return Path(self.trainer.default_root_dir)
 
     def _write_test_artifacts(
-        self, scores: np.ndarray, targets: np.ndarray, threshold: float, values: dict[str, float]
+        self, scores: np.ndarray, targets: np.ndarray, threshold: np.ndarray, values: dict[str, float]
     ) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
@@ -164,7 +180,15 @@ class KeNetModule(BaseModule):
             handle.write(text.getvalue().encode())
 
         atomic_write(run_dir / "per_label_report.csv", write_csv)
-        write_json(run_dir / "test_metrics.json", {"threshold": threshold, **values})
+        global_threshold = float(self.model.global_threshold)
+        summary = {
+            "threshold_mode": self.threshold_mode,
+            "threshold": float(np.median(threshold)),
+            "threshold_range": [float(threshold.min()), float(threshold.max())],
+            "global_threshold": global_threshold,
+            "at_global_threshold": mlc.all_metrics(scores, targets, global_threshold),
+        }
+        write_json(run_dir / "test_metrics.json", {**values, **summary})
         try:
             plot_f1_vs_frequency(rows, run_dir / "f1_vs_label_frequency.png")
             if self.heatmap_docs > 0 and getattr(self.model, "head", "") == "kenet":

@@ -31,8 +31,13 @@ class MultiHeadAttention(nn.Module):
             too when ``rotary_cross``).
         backend: attention backend name passed to ``attention()``.
 
-    Shapes: ``x (B, Lq, E)``, ``context (B, Lk, kdim)`` -> ``(B, Lq, E)``.
+    Shapes: ``x (B, Lq, E)``, ``context (B, Lk, kdim)`` -> ``(B, Lq, E)``. In cross-attention
+    ``x`` may also be ``(1, Lq, E)``, the same queries for every context (label or latent queries):
+    they are projected once and broadcast over the batch (``broadcast_queries``).
     """
+
+    # x of batch 1 is broadcast against a context of batch B (projected once, not B times)
+    broadcast_queries = True
 
     def __init__(
         self,
@@ -97,6 +102,13 @@ class MultiHeadAttention(nn.Module):
         """
         source = x if context is None else context
         q = self._split(self.q_proj(x), self.num_heads)
+        if q.shape[0] != source.shape[0]:
+            if q.shape[0] != 1:
+                raise ValueError(
+                    f"{type(self).__name__}: query batch {x.shape[0]} does not match context batch "
+                    f"{source.shape[0]} (only a query batch of 1 is broadcast)"
+                )
+            q = q.expand(source.shape[0], -1, -1, -1)
         k = self._split(self.k_proj(source), self.num_kv_heads)
         v = self._split(self.v_proj(source if value is None else value), self.num_kv_heads)
         if self.rotary is not None and (context is None or self.rotary_cross):

@@ -89,6 +89,29 @@ def test_mha_backends_agree():
     torch.testing.assert_close(outputs[0], outputs[2], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["math", "sdpa", "flex", "auto"])
+def test_mha_broadcasts_a_query_batch_of_one(backend):
+    """Label/latent queries (1, Lq, E) against a batch of contexts equal the expanded queries,
+    values and gradients alike."""
+    torch.manual_seed(6)
+    mha = MultiHeadAttention(16, 4, num_kv_heads=2, backend=backend).eval()
+    # FlexAttention has no backward on CPU: values only there
+    queries = torch.randn(1, 5, 16, requires_grad=backend != "flex" or torch.cuda.is_available())
+    context = torch.randn(3, 7, 16)
+    padding = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 2 + [False] * 5])
+    with torch.set_grad_enabled(queries.requires_grad):
+        broadcast = mha(queries, context=context, mask=padding)
+        expanded = mha(queries.expand(3, -1, -1), context=context, mask=padding)
+    torch.testing.assert_close(broadcast, expanded)
+    if not queries.requires_grad:
+        return
+    (grad_b,) = torch.autograd.grad(broadcast.square().sum(), queries)
+    (grad_e,) = torch.autograd.grad(expanded.square().sum(), queries)
+    torch.testing.assert_close(grad_b, grad_e)
+    with pytest.raises(ValueError, match="query batch 2 does not match context batch 3"):
+        mha(torch.randn(2, 5, 16), context=context)
+
+
 def test_mha_dropout_only_in_training():
     torch.manual_seed(5)
     mha = MultiHeadAttention(16, 4, dropout=0.5)

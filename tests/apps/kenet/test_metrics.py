@@ -58,7 +58,30 @@ def test_per_label_report():
         "train_count": 2,
         "support": 2,
         "predicted": 1,
+        "threshold": 0.65,
         "precision": 1.0,
         "recall": 0.5,
         "f1": 2 / 3,
     }
+
+
+def test_per_label_thresholds_maximise_each_labels_f1_and_fall_back():
+    rng = np.random.default_rng(0)
+    targets = np.zeros((40, 3), dtype=np.int8)
+    targets[:20, 0] = 1
+    targets[:2, 1] = 1  # two positives: enough support
+    scores = rng.uniform(0.0, 0.3, size=(40, 3))
+    scores[:20, 0] = 0.9  # label 0 separable at any threshold in (0.3, 0.9]
+    scores[:2, 1] = 0.2  # label 1's positives score low: its best threshold is low
+    scores[2:, 1] = rng.uniform(0.0, 0.1, size=38)
+    chosen = mlc.per_label_thresholds(scores, targets, fallback=0.5, grid=[0.05, 0.15, 0.5, 0.85])
+    assert chosen[0] == 0.5  # tie among perfect thresholds: the one closest to the fallback
+    assert chosen[1] == 0.15
+    assert chosen[2] == 0.5  # no positives: fallback
+    assert mlc.macro_f1(scores >= chosen, targets) > mlc.macro_f1(scores >= 0.5, targets)
+    few = mlc.per_label_thresholds(scores, targets, fallback=0.5, min_support=3, grid=[0.05, 0.15, 0.5])
+    assert few[1] == 0.5
+    global_threshold, per_label = mlc.choose_thresholds(scores, targets, "per_label")
+    assert per_label.shape == (3,) and global_threshold in mlc.THRESHOLD_GRID
+    with pytest.raises(ValueError, match="unknown value 'best'"):
+        mlc.choose_thresholds(scores, targets, "best")

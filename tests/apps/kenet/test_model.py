@@ -67,6 +67,19 @@ def test_logit_shapes_for_every_head():
         assert torch.isfinite(logits).all()
 
 
+def test_classifier_kinds():
+    batch = make_batch()
+    for kind in ("per_label", "shared", "shared_residual"):
+        torch.manual_seed(0)
+        net = KeNet(LABELS, classifier=kind, hidden_dim=8, num_heads=2, classifier_dim=8).eval()
+        assert net.label_weight.shape == ((1, 8) if kind == "shared" else (len(LABELS), 8))
+        assert torch.isfinite(net(**batch)).all()
+        if kind == "shared_residual":  # starts as the shared classifier: every label uses w₂
+            assert net.label_weight.abs().max() == 0 and net.shared_weight.abs().max() > 0
+    with pytest.raises(ValueError, match="app.model.classifier: unknown value 'tree'"):
+        KeNet(LABELS, classifier="tree")
+
+
 def test_padding_does_not_change_predictions(model: KeNet):
     batch = make_batch()
     with torch.no_grad():
@@ -88,6 +101,27 @@ def test_cached_states_equal_the_encoder_pass(model: KeNet):
         know_states = model.encoder(batch["know_ids"].view(b * k, lk), batch["know_mask"].view(b * k, lk))
         cached = model(**batch, doc_states=doc_states, know_states=know_states.view(b, k, lk, -1))
         torch.testing.assert_close(cached, model(**batch))
+
+
+def test_deduplicated_knowledge_equals_the_per_document_form(model: KeNet):
+    from apps.kenet.data import per_document_knowledge
+
+    batch = make_batch()
+    # documents 0 and 2 both retrieve text 0 of document 0; document 1 has one text, then none
+    know_ids = torch.stack([batch["know_ids"][0, 0], batch["know_ids"][0, 1], batch["know_ids"][1, 0]])
+    know_mask = torch.stack([batch["know_mask"][0, 0], batch["know_mask"][0, 1], batch["know_mask"][1, 0]])
+    know_index = torch.tensor([[0, 1], [2, -1], [0, -1]])
+    dedup = {"doc_ids": batch["doc_ids"], "doc_mask": batch["doc_mask"], "know_ids": know_ids}
+    dedup.update(know_mask=know_mask, know_index=know_index)
+    expanded_ids, expanded_mask = per_document_knowledge(dedup)
+    per_doc = dict(batch, know_ids=expanded_ids, know_mask=expanded_mask)
+    assert torch.equal(expanded_ids[:2], batch["know_ids"][:2])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**dedup), model(**per_doc), atol=1e-6, rtol=1e-5)
+        states = model.encoder(know_ids, know_mask)
+        torch.testing.assert_close(model(**dedup, know_states=states), model(**per_doc), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="know_index must be"):
+        model(**dict(dedup, know_index=know_index[:2]))
 
 
 def test_knowledge_changes_predictions_and_documents_without_knowledge_work(model: KeNet):
@@ -115,8 +149,8 @@ def test_attention_factory_builds_both_sites_and_maps_are_label_by_token(model: 
         calls.append(kwargs)
         return MultiHeadAttention(**kwargs)
 
-    KeNet(LABELS, hidden_dim=8, num_heads=2, classifier_dim=8, attention=factory)
-    assert calls == [{"embed_dim": 16, "num_heads": 2, "dropout": 0.2}] * 2
+    KeNet(LABELS, hidden_dim=8, num_heads=2, classifier_dim=8, attention_dropout=0.1, attention=factory)
+    assert calls == [{"embed_dim": 16, "num_heads": 2, "dropout": 0.1}] * 2
     batch = make_batch()
     with torch.no_grad(), capture_attention(model) as maps:
         model(**batch)
