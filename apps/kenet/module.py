@@ -33,9 +33,11 @@ class KeNetModule(BaseModule):
 
     Args:
         pos_weight: weight of positive labels in the BCE (1.0 = plain BCE).
-        threshold: `global` (one probability threshold maximising validation micro-F1) or
-            `per_label` (each label's own F1-maximising threshold on validation; labels with fewer
-            than `threshold_min_support` validation positives keep the global one).
+        threshold: `global` (one probability threshold maximising validation micro-F1),
+            `per_label_micro` (per-label thresholds that raise validation micro-F1, see
+            `metrics.micro_f1_thresholds`) or `per_label` (each label's own F1-maximising
+            threshold on validation); labels with fewer than `threshold_min_support` validation
+            positives keep the global one.
         threshold_min_support: see `threshold`.
         heatmap_docs: validation documents drawn in the attention heatmap plot (0: no plots).
         heatmap_labels: top-scored labels per heatmap.

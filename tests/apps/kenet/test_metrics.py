@@ -85,3 +85,27 @@ def test_per_label_thresholds_maximise_each_labels_f1_and_fall_back():
     assert per_label.shape == (3,) and global_threshold in mlc.THRESHOLD_GRID
     with pytest.raises(ValueError, match="unknown value 'best'"):
         mlc.choose_thresholds(scores, targets, "best")
+
+
+def test_micro_thresholds_do_not_trade_micro_f1_for_a_poor_labels_f1():
+    rng = np.random.default_rng(1)
+    n = 200
+    targets = np.zeros((n, 3), dtype=np.int8)
+    targets[:100, 0] = 1  # frequent label, scored well at 0.5
+    targets[:4, 1] = 1  # poor label: its positives score like 40 negatives
+    targets[100:110, 2] = 1  # miscalibrated label: separable, but all its scores are low
+    scores = np.zeros((n, 3))
+    scores[:, 0] = np.where(targets[:, 0] == 1, 0.8, 0.2) + rng.uniform(-0.05, 0.05, n)
+    scores[:, 1] = rng.uniform(0.0, 0.1, n)
+    scores[:4, 1] = 0.3
+    scores[20:60, 1] = 0.3
+    scores[:, 2] = np.where(targets[:, 2] == 1, 0.2, 0.01)
+    grid = [0.05, 0.15, 0.25, 0.5]
+    own = mlc.per_label_thresholds(scores, targets, fallback=0.5, grid=grid)
+    micro = mlc.micro_f1_thresholds(scores, targets, start=0.5, grid=grid)
+    assert own[1] == 0.25 and micro[1] == 0.5  # own-F1 optimum floods label 1 with false positives
+    assert own[2] == micro[2] == 0.15  # both lower the miscalibrated label's cut-off
+    f1 = {name: mlc.micro_f1(scores >= t, targets) for name, t in (("own", own), ("micro", micro))}
+    assert f1["micro"] > f1["own"]
+    assert f1["micro"] >= mlc.micro_f1(scores >= 0.5, targets)
+    assert mlc.macro_f1(scores >= micro, targets) > mlc.macro_f1(scores >= 0.5, targets)
