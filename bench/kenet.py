@@ -39,23 +39,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def app_section(section: str) -> dict[str, Any]:
+    """One section (`model`, `data`) of `conf/app/kenet.yaml`, unresolved."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(PROJECT_ROOT / "conf" / "app" / "kenet.yaml")
+    values = OmegaConf.to_container(config[section], resolve=False)
+    assert isinstance(values, dict)
+    return values
+
+
 def app_defaults() -> dict[str, Any]:
     """The model keys of `conf/app/kenet.yaml` that `KeNet` takes (labels and attention excluded)."""
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.load(PROJECT_ROOT / "conf" / "app" / "kenet.yaml")
-    model = OmegaConf.to_container(config.model, resolve=False)
-    assert isinstance(model, dict)
-    return {k: v for k, v in model.items() if k not in ("_target_", "labels", "attention", "encoder_path")}
-
-
-def data_defaults() -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.load(PROJECT_ROOT / "conf" / "app" / "kenet.yaml")
-    data = OmegaConf.to_container(config.data, resolve=False)
-    assert isinstance(data, dict)
-    return data
+    skip = ("_target_", "labels", "attention", "encoder_path")
+    return {k: v for k, v in app_section("model").items() if k not in skip}
 
 
 def batches(datamodule: KeNetDataModule, count: int, knowledge: bool) -> list[dict[str, Any]]:
@@ -143,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
-    data = data_defaults()
+    data = app_section("data")
     knowledge = {k: v for k, v in data["knowledge"].items() if k != "_target_"}
     start = time.perf_counter()
     datamodule = KeNetDataModule(
