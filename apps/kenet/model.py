@@ -40,6 +40,7 @@ HEADS = ("kenet", "maxpool", "linear")
 FUSIONS = ("gate", "average", "doc_only")
 LABEL_INITS = ("encoder", "random")
 CLASSIFIERS = ("per_label", "shared", "shared_residual")
+DOC_SKIPS = ("none", "maxpool")
 
 
 def reverse_padded(x: Tensor, mask: Tensor) -> Tensor:
@@ -120,6 +121,10 @@ class KeNet(nn.Module):
         classifier: `per_label` (``w_c`` per label), `shared` (one ``w₂`` for all labels, as in the
             notes) or `shared_residual` (``w_c = w₂ + δ_c`` with ``δ_c`` starting at 0).
         classifier_dim: width of ``W₁``.
+        doc_skip: `none`, or `maxpool`: add a per-label linear score of the max-pooled document
+            BiLSTM states, ``logit_c += u_cᵀ maxpool(H_d)`` (``u_c`` starts at 0, so training starts
+            from plain KeNet). A label learns this direct path from a handful of examples, where
+            its label-attention query and residual ``δ_c`` need many; it lifts rare labels.
         attention: factory of the label-attention layers, called as
             `attention(embed_dim=D, num_heads=..., dropout=...)` (the Hydra `${attention}` partial).
         save_frozen_encoder: keep the frozen encoder's weights in `state_dict()` (and checkpoints).
@@ -146,6 +151,7 @@ class KeNet(nn.Module):
         fusion: str = "gate",
         classifier: str = "per_label",
         classifier_dim: int = 256,
+        doc_skip: str = "none",
         attention: Callable[..., nn.Module] = MultiHeadAttention,
         save_frozen_encoder: bool = False,
     ) -> None:
@@ -155,6 +161,7 @@ class KeNet(nn.Module):
             ("fusion", fusion, FUSIONS),
             ("label_init", label_init, LABEL_INITS),
             ("classifier", classifier, CLASSIFIERS),
+            ("doc_skip", doc_skip, DOC_SKIPS),
         ):
             if value not in allowed:
                 raise ValueError(f"app.model.{key}: unknown value {value!r}; expected one of {allowed}")
@@ -166,6 +173,7 @@ class KeNet(nn.Module):
         self.fusion = fusion
         self.classifier_kind = classifier
         self.classifier_dim = classifier_dim
+        self.doc_skip = doc_skip if head == "kenet" else "none"
         self.encoder = PretrainedEncoder(encoder_path, trainable=finetune_encoder)
         width = self.encoder.hidden_size
         self.embed_dropout = nn.Dropout(dropout)
@@ -235,6 +243,8 @@ class KeNet(nn.Module):
                 self.shared_weight = nn.Parameter(torch.empty(1, self.classifier_dim).to(reference))
                 nn.init.normal_(self.shared_weight, std=self.classifier_dim**-0.5)
             self.label_bias = nn.Parameter(torch.full((count,), -3.0).to(reference))
+            if self.doc_skip == "maxpool":
+                self.skip_weight = nn.Parameter(torch.zeros(count, self.model_dim).to(reference))
         else:
             self.output = nn.Linear(self.model_dim, count).to(reference)
             nn.init.constant_(self.output.bias, -3.0)
@@ -293,9 +303,7 @@ class KeNet(nn.Module):
         assert self.doc_lstm is not None
         h_doc = self.doc_lstm(doc, doc_mask)
         if self.head == "maxpool":
-            masked = h_doc.masked_fill(~doc_mask.unsqueeze(-1), float("-inf"))
-            pooled = masked.max(dim=1).values.masked_fill(~doc_mask.any(1, keepdim=True), 0.0)
-            logits = self.output(self.embed_dropout(pooled))
+            logits = self.output(self.embed_dropout(_max_pool(h_doc, doc_mask)))
             return (logits, extras) if return_attention else logits
         batch = doc_ids.shape[0]
         # the label queries are the same for every document: layers that broadcast a query batch
@@ -326,6 +334,8 @@ class KeNet(nn.Module):
         if self.classifier_kind == "shared_residual":
             weight = weight + self.shared_weight
         logits = (hidden * weight.unsqueeze(0)).sum(-1) + self.label_bias
+        if self.doc_skip == "maxpool":
+            logits = logits + self.embed_dropout(_max_pool(h_doc, doc_mask)) @ self.skip_weight.t()
         return (logits, extras) if return_attention else logits
 
     @staticmethod
@@ -405,6 +415,12 @@ class KeNet(nn.Module):
                 check_inputs=[small],
             )
         ]
+
+
+def _max_pool(h: Tensor, mask: Tensor) -> Tensor:
+    """Max over the valid positions: `h (B, L, D)`, `mask (B, L)` → `(B, D)` (0 for empty rows)."""
+    pooled = h.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(dim=1).values
+    return pooled.masked_fill(~mask.any(1, keepdim=True), 0.0)
 
 
 def _drop_frozen_encoder(

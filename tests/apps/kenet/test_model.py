@@ -80,6 +80,26 @@ def test_classifier_kinds():
         KeNet(LABELS, classifier="tree")
 
 
+def test_doc_skip_starts_as_plain_kenet_and_learns():
+    batch = make_batch()
+    torch.manual_seed(0)
+    plain = KeNet(LABELS, hidden_dim=8, num_heads=2, classifier_dim=8, dropout=0.0).eval()
+    torch.manual_seed(0)
+    skip = KeNet(LABELS, hidden_dim=8, num_heads=2, classifier_dim=8, dropout=0.0, doc_skip="maxpool").eval()
+    assert skip.skip_weight.shape == (len(LABELS), 16) and skip.skip_weight.abs().max() == 0
+    with torch.no_grad():
+        torch.testing.assert_close(skip(**batch), plain(**batch))
+    # the per-label direct path gets gradient (u_c starts at 0) and then changes the scores
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(skip(**batch), torch.ones(3, len(LABELS)))
+    loss.backward()
+    assert skip.skip_weight.grad is not None and skip.skip_weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        skip.skip_weight.add_(0.1)
+        assert not torch.allclose(skip(**batch), plain(**batch))
+    with pytest.raises(ValueError, match="app.model.doc_skip: unknown value 'mean'"):
+        KeNet(LABELS, doc_skip="mean")
+
+
 def test_padding_does_not_change_predictions(model: KeNet):
     batch = make_batch()
     with torch.no_grad():
