@@ -201,8 +201,15 @@ def test_bad_config_values_are_named():
 
 
 def test_export_parity_onnx_and_torchscript(tiny_encoder: str, tmp_path):
+    # one export per process: a second KeNet ONNX export in the same process gets a fixed
+    # knowledge length (see apps/kenet/README.md, known issues). The graph with the document
+    # skip path holds every op of the one without it.
     torch.manual_seed(0)
-    net = KeNet(LABELS, encoder_path=tiny_encoder, hidden_dim=8, num_heads=2, classifier_dim=8).eval()
+    net = KeNet(
+        LABELS, encoder_path=tiny_encoder, hidden_dim=8, num_heads=2, classifier_dim=8, doc_skip="maxpool"
+    ).eval()
+    with torch.no_grad():
+        net.skip_weight.normal_()  # a trained direct path, not the zero start
     graphs = net.export_graphs(make_batch())
     report = export_graphs(graphs, tmp_path, ["onnx", "torchscript"], atol=1e-4, rtol=1e-3)
     assert report["ok"]
