@@ -31,6 +31,7 @@ log = logging.getLogger("bench.kenet")
 # model keyword arguments per variant, on top of KeNet's defaults as set in conf/app/kenet.yaml
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "no_doc_skip": {"doc_skip": "none"},
     "no_knowledge": {"use_knowledge": False},
     "random_labels": {"label_init": "random"},
     "bilstm_maxpool": {"head": "maxpool", "use_knowledge": False},
