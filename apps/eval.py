@@ -29,6 +29,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.app.module, model=model)
     module.model_config = checkpoint.get("model_config")
     datamodule = instantiate(cfg.app.data)
+    if hasattr(datamodule, "use_model_config"):
+        datamodule.use_model_config(checkpoint.get("model_config") or {})
     trainer = instantiate(cfg.trainer)
     results = trainer.test(module, datamodule=datamodule)
     metrics = results[0] if results else {}

@@ -46,11 +46,13 @@ def load_model(ckpt_path: str | Path, fallback_config: Any = None) -> tuple[torc
     return model.eval(), checkpoint
 
 
-def example_batch(cfg: DictConfig) -> dict[str, Any]:
+def example_batch(cfg: DictConfig, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """A real batch from the app's validation split (`export.batch_size` examples)."""
     datamodule = instantiate(
         cfg.app.data, batch_size=cfg.export.batch_size, eval_batch_size=cfg.export.batch_size
     )
+    if model_config is not None and hasattr(datamodule, "use_model_config"):
+        datamodule.use_model_config(model_config)
     datamodule.prepare_data()
     datamodule.setup("validate")
     return next(iter(datamodule.val_dataloader()))
@@ -58,10 +60,10 @@ def example_batch(cfg: DictConfig) -> dict[str, Any]:
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path).expanduser()
-    model, _ = load_model(ckpt_path, cfg.app.model)
+    model, checkpoint = load_model(ckpt_path, cfg.app.model)
     formats = ["onnx", "torchscript"] if cfg.export.format == "both" else [cfg.export.format]
     out_dir = Path(cfg.export.out_dir) if cfg.export.out_dir else ckpt_path.parent.parent / "export"
-    graphs = model.export_graphs(example_batch(cfg))
+    graphs = model.export_graphs(example_batch(cfg, checkpoint.get("model_config")))
     try:
         report = export_graphs(
             graphs, out_dir, formats, opset=cfg.export.opset, atol=cfg.export.atol, rtol=cfg.export.rtol

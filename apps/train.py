@@ -30,13 +30,21 @@ log = logging.getLogger(__name__)
 register_resolvers()
 
 
-def build_app(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
-    """Instantiate the app's datamodule and LightningModule (with its plain model inside)."""
-    datamodule = instantiate(cfg.app.data)
-    model = instantiate(cfg.app.model)
-    module = instantiate(cfg.app.module, model=model)
+def build_app(
+    cfg: DictConfig, datamodule: pl.LightningDataModule | None = None, **module_overrides: Any
+) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+    """Instantiate the app's datamodule and LightningModule (with its plain model inside).
+
+    A datamodule with `model_overrides()` supplies model arguments that come from the data (a
+    vocabulary, say); they are stored with the model config in checkpoints.
+    """
+    if datamodule is None:
+        datamodule = instantiate(cfg.app.data)
+    overrides = datamodule.model_overrides() if hasattr(datamodule, "model_overrides") else {}
+    model = instantiate(cfg.app.model, **overrides)
+    module = instantiate(cfg.app.module, model=model, **module_overrides)
     # set after instantiation: passed as an argument, Hydra would instantiate this config too
-    module.model_config = to_container(cfg.app.model)
+    module.model_config = {**to_container(cfg.app.model), **overrides}
     return datamodule, module
 
 
@@ -67,12 +75,11 @@ def write_run_info(cfg: DictConfig, output_dir: Path) -> None:
     )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job; returns the final metrics (also written to `metrics.json`)."""
+def fit_and_test(
+    cfg: DictConfig, datamodule: pl.LightningDataModule, module: pl.LightningModule
+) -> dict[str, Any]:
+    """Fit (if `cfg.train`) and test the best checkpoint (if `cfg.test`) into `cfg.paths.output_dir`."""
     output_dir = Path(cfg.paths.output_dir)
-    write_run_info(cfg, output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule, module = build_app(cfg)
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=build_callbacks(cfg),
@@ -100,6 +107,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         results["test"] = tested[0] if tested else {}
     write_json(output_dir / "metrics.json", results)
+    return results
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job; returns the final metrics (also written to `metrics.json`).
+
+    An app whose config has a `runner` (a multi-stage protocol such as PSSA's rounds) is run by it;
+    the runner calls `build_app` and `fit_and_test` per stage.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    write_run_info(cfg, output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    if cfg.app.get("runner") is not None:
+        results = instantiate(cfg.app.runner).run(cfg)
+    else:
+        datamodule, module = build_app(cfg)
+        results = fit_and_test(cfg, datamodule, module)
     log.info("run folder: %s", output_dir)
     return results
 

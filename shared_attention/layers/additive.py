@@ -39,6 +39,10 @@ class _AdditiveScorer(nn.Module):
         """``keys (B, L, Dk)`` -> ``W_k keys (B, L, hidden)``; compute once per sequence."""
         return self.key_proj(keys)
 
+    def scores(self, query: Tensor, keys: Tensor, projected_keys: Tensor | None = None) -> Tensor:
+        """Unmasked pre-softmax scores ``(B, L)`` or ``(B, T, L)``."""
+        return self._scores(query, keys, projected_keys)
+
     def _scores(self, query: Tensor, keys: Tensor, projected_keys: Tensor | None) -> Tensor:
         if query.dim() not in (2, 3):
             raise ValueError(f"query must be (B, Dq) or (B, T, Dq), got {tuple(query.shape)}")
@@ -55,7 +59,8 @@ class AdditiveAttention(_AdditiveScorer):
     ``context = sum_j a_j k_j``.
 
     Masked keys get weight exactly 0; a query with no valid key gets zero weights and a
-    zero context.
+    zero context. ``score_offset`` (shaped like the scores) is added before the softmax: the
+    perturbation of adversarial training on attention (Kitada & Iyatomi, 2021).
 
     Shapes: ``query (B, Dq)`` (or ``(B, T, Dq)``), ``keys (B, L, Dk)``, ``mask (B, L)``
     (or ``(B, T, L)``) bool, True = valid -> ``context (B, Dk)``, ``weights (B, L)``
@@ -69,8 +74,11 @@ class AdditiveAttention(_AdditiveScorer):
         *,
         mask: Tensor | None = None,
         projected_keys: Tensor | None = None,
+        score_offset: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         scores = self._scores(query, keys, projected_keys)
+        if score_offset is not None:
+            scores = scores + score_offset
         mask = _align_mask(mask, scores)
         weights = torch.softmax(_masked_fill_min(scores, mask), dim=-1)
         if mask is not None:

@@ -186,6 +186,22 @@ def test_additive_attention_masking_and_formula():
     torch.testing.assert_close(layer(query, keys, mask=mask, projected_keys=pre)[1], weights)
 
 
+def test_additive_attention_scores_and_offset():
+    torch.manual_seed(9)
+    layer = AdditiveAttention(6, 5, 8)
+    query, keys = torch.randn(2, 6), torch.randn(2, 4, 5)
+    mask = torch.tensor([[True, True, False, True], [True] * 4])
+    scores = layer.scores(query, keys)
+    expected = _additive_reference(layer, query, keys, torch.ones_like(mask))
+    torch.testing.assert_close(scores, expected)
+    offset = torch.randn(2, 4, requires_grad=True)
+    _, weights = layer(query, keys, mask=mask, score_offset=offset)
+    shifted = (scores + offset).masked_fill(~mask, float("-inf"))
+    torch.testing.assert_close(weights, torch.softmax(shifted, -1))
+    weights[:, 0].sum().backward()
+    assert offset.grad is not None and (offset.grad[~mask] == 0).all() and offset.grad.abs().sum() > 0
+
+
 def test_pointer_head_logits_masking_clip_and_steps():
     torch.manual_seed(8)
     head = PointerHead(6, 5, 8, clip=10.0, temperature=2.0)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from apps.common.export import export_graphs
+from apps.common.layers import MaskedBiLSTM, reverse_padded
 from apps.kenet.encoders import load_tokenizer, pad_ids, tokenize
-from apps.kenet.model import KeNet, MaskedBiLSTM, reverse_padded
+from apps.kenet.model import KeNet
 from shared_attention import MultiHeadAttention, capture_attention
 
 LABELS = ["devel::lang:python", "role::program", "uitoolkit::gtk", "game::strategy", "use::editing"]

@@ -1,0 +1,1 @@
+"""ABSA app: progressive self-supervised attention learning (PSSA) and attention adversarial training."""

@@ -1,0 +1,278 @@
+"""Aspect-level sentiment classifiers whose sentence attention PSSA supervises and AT perturbs.
+
+Every model maps ``tokens (B, L)``, ``lengths (B,)`` and the aspect's token span
+``[aspect_start, aspect_end)`` to ``(logits (B, C), weights (B, L), scores (B, L))``: the class
+logits, the attention weights over context words (aspect words and padding get weight 0) and the
+pre-softmax attention scores. ``score_offset (B, L)`` is added to the scores before the softmax:
+the perturbation of attention adversarial training (Kitada & Iyatomi, 2021).
+
+- ``MemoryNetwork`` — Tang, Qin & Liu (EMNLP 2016), "Aspect Level Sentiment Classification with
+  Deep Memory Network": memory ``m_i = e_i · (1 − d_i / n)`` (location weighting, ``d_i`` the
+  word's distance to the aspect, ``n`` the sentence length), query ``x⁰ = mean(e_aspect)``, hops
+  ``x^{k+1} = Σ_i α^k_i m_i + W_l x^k`` with ``α^k = softmax(v^T tanh(W_m m_i + W_q x^k))`` (the
+  core's ``AdditiveAttention``, shared across hops), ``logits = W_o x^K``. The returned attention
+  is the last hop's.
+- ``TNetATT`` — TNet (Li, Bing, Lam & Shi, ACL 2018) with its CNN replaced by attention, as in the
+  PSSA paper (Tang et al., ACL 2019): BiLSTM states ``h`` of the sentence and ``h^τ`` of the
+  aspect words; ``L`` context-preserving transformations (CPT), each
+  ``r_i = Σ_j softmax_j(h_iᵀ h^τ_j) h^τ_j`` (through the core's dispatcher, or a swappable
+  attention layer), ``h̃_i = ReLU(W [h_i; r_i] + b)``, lossless forwarding ``h_i ← h_i + h̃_i``,
+  then proximity weighting ``h_i ← h_i · max(0, 1 − d_i / C)``; sentence attention
+  ``α = softmax(v^T tanh(W_h h_i + W_q mean(h^τ)))``, ``logits = W_o Σ_i α_i h_i``.
+
+The models take token ids, so ONNX/TorchScript graphs go from ids and the aspect span to class
+probabilities (``ProbabilityHead``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from apps.common.export import ExportGraph
+from apps.common.layers import MaskedBiLSTM
+from shared_attention import AdditiveAttention
+from shared_attention.functional import attention as core_attention
+
+NUM_CLASSES = 3
+CPT_ATTENTIONS = ("dot", "layer")
+
+
+def span_masks(
+    tokens: Tensor, lengths: Tensor, aspect_start: Tensor, aspect_end: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``valid``, ``aspect`` and ``context`` masks ``(B, L)`` bool, and nothing data-dependent."""
+    positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
+    valid = positions < lengths.unsqueeze(1)
+    aspect = (positions >= aspect_start.unsqueeze(1)) & (positions < aspect_end.unsqueeze(1)) & valid
+    return valid, aspect, valid & ~aspect
+
+
+def aspect_distance(tokens: Tensor, aspect_start: Tensor, aspect_end: Tensor) -> Tensor:
+    """Distance in words from each position to the aspect span, 0 inside it: ``(B, L)`` float."""
+    positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
+    before = (aspect_start.unsqueeze(1) - positions).clamp(min=0)
+    after = (positions - aspect_end.unsqueeze(1) + 1).clamp(min=0)
+    return (before + after).to(torch.float32)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x (B, L, D)`` over positions where ``mask (B, L)`` is True (0 for empty rows)."""
+    weights = mask.unsqueeze(-1).to(x.dtype)
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class ABSAModel(nn.Module):
+    """Shared parts: the vocabulary (stored in the config), word embeddings, the export graph."""
+
+    def __init__(self, vocab: Sequence[str] | None, embed_dim: int, dropout: float) -> None:
+        super().__init__()
+        if vocab is None:
+            raise ValueError(
+                "app.model.vocab is unset: the ABSA models take their vocabulary from the data "
+                "(apps.train fills it in); pass it explicitly when building a model by hand"
+            )
+        self.vocab = list(vocab)
+        self.embedding = nn.Embedding(len(self.vocab), embed_dim, padding_idx=0)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        lengths: Tensor,
+        aspect_start: Tensor,
+        aspect_end: Tensor,
+        score_offset: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def export_graphs(self, batch: dict[str, Tensor]) -> list[ExportGraph]:
+        """Token ids + aspect span -> class probabilities, checked on the batch and a shorter one."""
+        inputs = (batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"])
+        checks = []
+        half = max(1, inputs[0].shape[0] // 2)
+        sub = tuple(t[:half] for t in inputs)
+        longest = int(sub[1].max())
+        if longest < inputs[0].shape[1]:
+            sub = (sub[0][:, :longest], *sub[1:])
+        checks.append(sub)
+        return [
+            ExportGraph(
+                name="absa_classifier",
+                module=ProbabilityHead(self),
+                inputs=inputs,
+                input_names=["tokens", "lengths", "aspect_start", "aspect_end"],
+                output_names=["probabilities", "attention"],
+                dynamic_dims=[{0: "batch", 1: "length"}, {0: "batch"}, {0: "batch"}, {0: "batch"}],
+                check_inputs=checks,
+            )
+        ]
+
+
+class ProbabilityHead(nn.Module):
+    """Export wrapper: ``(tokens, lengths, aspect_start, aspect_end) -> (probabilities, attention)``."""
+
+    def __init__(self, model: ABSAModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, tokens: Tensor, lengths: Tensor, aspect_start: Tensor, aspect_end: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        logits, weights, _ = self.model(tokens, lengths, aspect_start, aspect_end)
+        return torch.softmax(logits, dim=-1), weights
+
+
+class MemoryNetwork(ABSAModel):
+    """Deep memory network (Tang et al. 2016); see the module docstring.
+
+    Args:
+        vocab: the words (ids are positions); set from the data by the training entry.
+        embed_dim: word embedding size (300 with GloVe in the paper).
+        hops: number of attention hops (the paper's best: 7 on laptops, 9 on restaurants).
+        location: weight memory by distance to the aspect (the paper's model 2).
+        dropout: on embeddings.
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str] | None = None,
+        embed_dim: int = 300,
+        hops: int = 3,
+        location: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(vocab, embed_dim, dropout)
+        if hops < 1:
+            raise ValueError(f"app.model.hops must be >= 1, got {hops}")
+        self.hops = hops
+        self.location = location
+        self.attention = AdditiveAttention(embed_dim, embed_dim, embed_dim)
+        self.hop_linear = nn.Linear(embed_dim, embed_dim)
+        self.classifier = nn.Linear(embed_dim, NUM_CLASSES)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        lengths: Tensor,
+        aspect_start: Tensor,
+        aspect_end: Tensor,
+        score_offset: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        _, aspect, context = span_masks(tokens, lengths, aspect_start, aspect_end)
+        embedded = self.dropout(self.embedding(tokens))
+        memory = embedded
+        if self.location:
+            n = lengths.to(embedded.dtype).unsqueeze(1).clamp(min=1.0)
+            weight = 1.0 - aspect_distance(tokens, aspect_start, aspect_end).to(embedded.dtype) / n
+            memory = embedded * weight.unsqueeze(-1)
+        query = masked_mean(embedded, aspect)
+        projected = self.attention.project_keys(memory)
+        weights = scores = torch.zeros_like(memory[..., 0])
+        for _ in range(self.hops):
+            scores = self.attention.scores(query, memory, projected)
+            attended, weights = self.attention(
+                query, memory, mask=context, projected_keys=projected, score_offset=score_offset
+            )
+            query = attended + self.hop_linear(query)
+        return self.classifier(query), weights, scores
+
+
+class TNetATT(ABSAModel):
+    """TNet with attention instead of its CNN (the PSSA paper's TNet-ATT); see the module docstring.
+
+    Args:
+        vocab: the words (ids are positions); set from the data by the training entry.
+        embed_dim: word embedding size.
+        hidden_dim: LSTM size per direction (the paper: 50).
+        cpt_layers: number of CPT layers (the paper: 2).
+        proximity: ``C`` of the proximity weighting (the paper: 40); 0 disables it.
+        max_aspect_length: aspect words read into the aspect BiLSTM (longer aspects are cut; a fixed
+            window keeps the exported graph free of data-dependent shapes).
+        cpt_attention: ``dot`` (TNet's ``softmax(h_iᵀ h^τ_j)`` through the core's dispatcher) or
+            ``layer`` (the swappable ``attention`` factory, ``attention=<mechanism>``).
+        attention: factory of the CPT attention layer when ``cpt_attention=layer``.
+        dropout: on embeddings and before the classifier (the paper: 0.3).
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str] | None = None,
+        embed_dim: int = 300,
+        hidden_dim: int = 50,
+        cpt_layers: int = 2,
+        proximity: float = 40.0,
+        max_aspect_length: int = 8,
+        cpt_attention: str = "dot",
+        attention: Callable[..., nn.Module] | None = None,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__(vocab, embed_dim, dropout)
+        if cpt_attention not in CPT_ATTENTIONS:
+            raise ValueError(
+                f"app.model.cpt_attention must be one of {CPT_ATTENTIONS}, got {cpt_attention!r}"
+            )
+        if cpt_attention == "layer" and attention is None:
+            raise ValueError(
+                "app.model.cpt_attention=layer needs an `attention` factory (the `attention` group)"
+            )
+        self.cpt_attention = cpt_attention
+        self.proximity = proximity
+        self.max_aspect_length = max_aspect_length
+        width = 2 * hidden_dim
+        self.sentence_lstm = MaskedBiLSTM(embed_dim, hidden_dim)
+        self.aspect_lstm = MaskedBiLSTM(embed_dim, hidden_dim)
+        self.cpt = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(cpt_layers))
+        self.cpt_layers = nn.ModuleList(
+            attention(embed_dim=width, num_heads=1) for _ in range(cpt_layers) if cpt_attention == "layer"
+        )
+        self.attention = AdditiveAttention(width, width, width)
+        self.classifier = nn.Linear(width, NUM_CLASSES)
+
+    def _aspect_window(
+        self, embedded: Tensor, aspect_start: Tensor, aspect_end: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Embeddings of the aspect words, ``(B, A, E)``, and their mask ``(B, A)``."""
+        offsets = torch.arange(self.max_aspect_length, device=embedded.device).unsqueeze(0)
+        index = (aspect_start.unsqueeze(1) + offsets).clamp(max=embedded.shape[1] - 1)
+        window = embedded.gather(1, index.unsqueeze(-1).expand(-1, -1, embedded.shape[-1]))
+        mask = offsets < (aspect_end - aspect_start).clamp(min=1).unsqueeze(1)
+        return window * mask.unsqueeze(-1).to(window.dtype), mask
+
+    def _transform(self, layer: int, h: Tensor, target: Tensor, target_mask: Tensor) -> Tensor:
+        if self.cpt_attention == "dot":
+            mask = target_mask[:, None, None, :]
+            r = core_attention(h.unsqueeze(1), target.unsqueeze(1), target.unsqueeze(1), mask=mask, scale=1.0)
+            return r.squeeze(1)
+        return self.cpt_layers[layer](h, context=target, mask=target_mask)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        lengths: Tensor,
+        aspect_start: Tensor,
+        aspect_end: Tensor,
+        score_offset: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        valid, _, context = span_masks(tokens, lengths, aspect_start, aspect_end)
+        embedded = self.dropout(self.embedding(tokens))
+        h = self.sentence_lstm(embedded, valid)
+        window, window_mask = self._aspect_window(embedded, aspect_start, aspect_end)
+        target = self.aspect_lstm(window, window_mask)
+        keep = valid.unsqueeze(-1).to(h.dtype)
+        if self.proximity > 0:
+            distance = aspect_distance(tokens, aspect_start, aspect_end).to(h.dtype)
+            proximity = (1.0 - distance / self.proximity).clamp(min=0.0).unsqueeze(-1) * keep
+        for layer, linear in enumerate(self.cpt):
+            r = self._transform(layer, h, target, window_mask)
+            h = h + torch.relu(linear(torch.cat([h, r], dim=-1)))
+            h = h * (proximity if self.proximity > 0 else keep)
+        query = masked_mean(target, window_mask)
+        scores = self.attention.scores(query, h)
+        attended, weights = self.attention(query, h, mask=context, score_offset=score_offset)
+        return self.classifier(self.dropout(attended)), weights, scores

@@ -1,0 +1,263 @@
+"""LightningModule for aspect sentiment: cross-entropy, the PSSA attention regulariser, attention
+adversarial training (AT / iAT), and the evaluation metrics.
+
+PSSA regulariser (Tang et al. 2019, final stage): ``λ · Σ_i (α_i · m_i − t_i)²`` where ``m_i`` marks
+the words extracted in the rounds (active or misleading) and ``t_i = 1/|active|`` on active words,
+0 on misleading ones; a sentence with no extracted word adds nothing, one with misleading words only
+pushes their weights to 0 (the ``1/|active|`` is guarded).
+
+Attention AT (Kitada & Iyatomi, 2021): ``r = ε · g / ‖g‖`` with ``g = ∂L/∂s`` the gradient of the loss
+with respect to the pre-softmax attention scores ``s`` (over the context words of each sentence),
+loss ``L(s) + λ_adv · L(s + r)``. iAT restricts the perturbation to the span of the directions
+``d_j = s_j − s_i`` from the sentence's scores to those of the other sentences in the batch (aligned
+by position, restricted to the sentence's context words, each normalised): ``r = Σ_j w_j d̂_j`` with
+``w = ε · ∇_w L / ‖∇_w L‖``, ``∇_w L = D̂ g``. Both gradients come from ``torch.autograd.grad``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from apps.absa.data import FREQUENCY_BUCKETS, FREQUENT, NO_OPINION
+from apps.absa.metrics import classification_report, kendall_tau_rows
+from apps.absa.model import span_masks
+from apps.common.module import BaseModule
+
+log = logging.getLogger(__name__)
+
+ADVERSARIAL = ("none", "at", "iat")
+BUCKETS = (*[name for name, _ in FREQUENCY_BUCKETS], FREQUENT, NO_OPINION)
+
+
+def pssa_regulariser(weights: Tensor, active: Tensor, misleading: Tensor) -> Tensor:
+    """``Σ_i (α_i m_i − t_i)²`` per sentence, ``(B,)``; see the module docstring."""
+    supervised = active | misleading
+    n_active = active.sum(dim=1, keepdim=True).clamp(min=1).to(weights.dtype)
+    target = active.to(weights.dtype) / n_active
+    residual = weights * supervised.to(weights.dtype) - target
+    return (residual * supervised.to(weights.dtype)).pow(2).sum(dim=1)
+
+
+def _unit(x: Tensor, mask: Tensor, eps: float = 1e-12) -> Tensor:
+    x = x * mask.to(x.dtype)
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
+
+
+def at_perturbation(grad: Tensor, context: Tensor, epsilon: float) -> Tensor:
+    """AT: ``ε · g / ‖g‖`` over each sentence's context words; ``grad, context (B, L)``."""
+    return epsilon * _unit(grad, context)
+
+
+def iat_perturbation(scores: Tensor, grad: Tensor, context: Tensor, epsilon: float) -> Tensor:
+    """iAT: the worst-case combination of directions toward the other sentences' scores.
+
+    ``scores, grad, context (B, L)``; returns ``r (B, L)`` with ``‖r‖ <= ε`` on context words.
+    A batch of one sentence has no direction and gets no perturbation.
+    """
+    batch = scores.shape[0]
+    if batch < 2:
+        return torch.zeros_like(scores)
+    masked = scores.masked_fill(~context, 0.0)
+    directions = masked.unsqueeze(0) - masked.unsqueeze(1)  # (i, j, L): s_j - s_i
+    directions = _unit(directions, context.unsqueeze(1).expand(-1, batch, -1))
+    others = ~torch.eye(batch, dtype=torch.bool, device=scores.device)
+    grad_w = torch.einsum("ijl,il->ij", directions, grad) * others.to(grad.dtype)
+    w = epsilon * grad_w / grad_w.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return torch.einsum("ij,ijl->il", w, directions)
+
+
+class ABSAModule(BaseModule):
+    """Training and evaluation of an ABSA model.
+
+    Args:
+        pssa_lambda: weight of the PSSA attention regulariser (0 outside PSSA's final stage; the
+            PSSA runner sets it, 0.1 by default and 0.5 for restaurants as in the official code).
+        adversarial: ``none``, ``at`` or ``iat`` (perturbations on the attention scores).
+        adv_epsilon: perturbation norm ε.
+        adv_lambda: weight of the adversarial loss.
+        word_vectors: optional local GloVe-style text file (``word v1 ... vD``) to initialise the
+            embeddings at the start of training; words it lacks keep their random vectors.
+        attention_plots: sentences shaded by attention, drawn into ``<run>/plots`` per validation epoch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        pssa_lambda: float = 0.0,
+        adversarial: str = "none",
+        adv_epsilon: float = 1.0,
+        adv_lambda: float = 1.0,
+        word_vectors: str | None = None,
+        attention_plots: int = 6,
+        model_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(model, optimizer, scheduler, model_config)
+        if adversarial not in ADVERSARIAL:
+            raise ValueError(f"app.module.adversarial must be one of {ADVERSARIAL}, got {adversarial!r}")
+        if pssa_lambda < 0 or adv_epsilon < 0 or adv_lambda < 0:
+            raise ValueError("app.module.pssa_lambda, adv_epsilon and adv_lambda must be >= 0")
+        self.pssa_lambda = pssa_lambda
+        self.adversarial = adversarial
+        self.adv_epsilon = adv_epsilon
+        self.adv_lambda = adv_lambda
+        self.word_vectors = word_vectors
+        self.attention_plots = attention_plots
+        self._outputs: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        if self.word_vectors and self.current_epoch == 0 and self.global_step == 0:
+            from apps.absa.data import load_word_vectors
+
+            found = load_word_vectors(self.word_vectors, self.model.vocab, self.model.embedding.weight)
+            log.info("word vectors: %d of %d words from %s", found, len(self.model.vocab), self.word_vectors)
+
+    def _forward(
+        self, batch: dict[str, Tensor], score_offset: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model(
+            batch["tokens"],
+            batch["lengths"],
+            batch["aspect_start"],
+            batch["aspect_end"],
+            score_offset=score_offset,
+        )
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        labels = batch["labels"]
+        offset = None
+        if self.adversarial != "none":
+            offset = torch.zeros(
+                batch["tokens"].shape, dtype=torch.float32, device=labels.device, requires_grad=True
+            )
+        logits, weights, scores = self._forward(batch, offset)
+        loss = F.cross_entropy(logits, labels)
+        self.log("train/ce", loss, prog_bar=True, batch_size=labels.shape[0])
+        if self.pssa_lambda > 0:
+            regulariser = pssa_regulariser(weights, batch["active"], batch["misleading"]).mean()
+            self.log("train/pssa_reg", regulariser, batch_size=labels.shape[0])
+            loss = loss + self.pssa_lambda * regulariser
+        if offset is not None:
+            (grad,) = torch.autograd.grad(loss, offset, retain_graph=True)
+            _, _, context = span_masks(
+                batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"]
+            )
+            if self.adversarial == "at":
+                perturbation = at_perturbation(grad, context, self.adv_epsilon)
+            else:
+                perturbation = iat_perturbation(scores.detach(), grad, context, self.adv_epsilon)
+            adv_logits, _, _ = self._forward(batch, perturbation.detach())
+            adv_loss = F.cross_entropy(adv_logits, labels)
+            self.log("train/adv_ce", adv_loss, batch_size=labels.shape[0])
+            loss = loss + self.adv_lambda * adv_loss
+        self.log("train/loss", loss, batch_size=labels.shape[0])
+        return loss
+
+    # ------------------------------------------------------------------ evaluation
+    def _importance(self, batch: dict[str, Tensor]) -> Tensor:
+        """Gradient importance per word: ``|∂ logit_ŷ / ∂ e_i · e_i|`` (gradient × input), ``(B, L)``.
+
+        Runs outside Lightning's inference mode; the embeddings become a leaf that needs grad.
+        """
+        captured: dict[str, Tensor] = {}
+
+        def embeddings_as_leaf(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+            captured["embedded"] = output.detach().clone().requires_grad_(True)
+            return captured["embedded"]
+
+        with torch.inference_mode(False), torch.enable_grad():
+            inputs = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
+            handle = self.model.embedding.register_forward_hook(embeddings_as_leaf)
+            try:
+                logits, _, _ = self._forward(inputs)
+                chosen = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
+                (grad,) = torch.autograd.grad(chosen, captured["embedded"])
+            finally:
+                handle.remove()
+            return (grad * captured["embedded"].detach()).sum(-1).abs().detach()
+
+    def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
+        logits, weights, _ = self._forward(batch)
+        loss = F.cross_entropy(logits, batch["labels"])
+        self.log(f"{stage}/loss", loss, batch_size=batch["labels"].shape[0])
+        _, _, context = span_masks(
+            batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"]
+        )
+        importance = self._importance(batch)
+        self._outputs[stage].append(
+            {
+                "index": batch["index"].cpu(),
+                "predictions": logits.argmax(dim=1).cpu(),
+                "labels": batch["labels"].cpu(),
+                "tau": kendall_tau_rows(weights.detach().cpu(), importance.cpu(), context.cpu()),
+                "weights": weights.detach().cpu(),
+            }
+        )
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _finish(self, stage: str) -> dict[str, float]:
+        outputs = self._outputs[stage]
+        self._outputs[stage] = []
+        if not outputs:
+            return {}
+        index = torch.cat([o["index"] for o in outputs])
+        predictions = torch.cat([o["predictions"] for o in outputs])
+        labels = torch.cat([o["labels"] for o in outputs])
+        tau = torch.cat([o["tau"] for o in outputs])
+        examples = self._split_examples(stage)
+        buckets = [examples[i].opinion_bucket for i in index.tolist()] if examples is not None else None
+        report = classification_report(predictions, labels, buckets, tau)
+        for name, value in report.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("acc", "macro_f1"))
+        if (
+            stage == "val"
+            and self.attention_plots
+            and examples is not None
+            and not self.trainer.sanity_checking
+        ):
+            self._plot(stage, outputs, examples)
+        return report
+
+    def _split_examples(self, stage: str) -> list | None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        splits = getattr(datamodule, "splits", None)
+        return splits.get(stage) if splits else None
+
+    def _plot(self, stage: str, outputs: list[dict[str, Tensor]], examples: list) -> None:
+        from apps.absa.plots import plot_attention
+
+        first = outputs[0]
+        count = min(self.attention_plots, first["index"].shape[0])
+        rows = []
+        for row in range(count):
+            example = examples[int(first["index"][row])]
+            rows.append(
+                (
+                    example,
+                    first["weights"][row, : len(example.words)].tolist(),
+                    int(first["predictions"][row]),
+                )
+            )
+        folder = Path(self.trainer.default_root_dir) / "plots"
+        path = plot_attention(rows, folder / f"attention_epoch{self.current_epoch:03d}.png")
+        log.info("wrote %s", path)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish("test")

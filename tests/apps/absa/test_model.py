@@ -1,0 +1,150 @@
+"""ABSA models: masks, attention over context words only, AT offsets, swappable CPT attention,
+export parity; the PSSA regulariser and the AT / iAT perturbations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from apps.absa.model import MemoryNetwork, TNetATT, aspect_distance, span_masks
+from apps.absa.module import at_perturbation, iat_perturbation, pssa_regulariser
+from apps.common.export import export_graphs
+from shared_attention import MultiHeadAttention
+
+ROOT = Path(__file__).resolve().parents[3]
+VOCAB = ["<pad>", "<unk>", "<mask>", *[f"w{i}" for i in range(30)]]
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([7, 5, 9, 3])
+    tokens = torch.randint(3, len(VOCAB), (4, 9), generator=g)
+    tokens[torch.arange(9)[None, :] >= lengths[:, None]] = 0
+    return {
+        "tokens": tokens,
+        "lengths": lengths,
+        "aspect_start": torch.tensor([2, 0, 4, 2]),
+        "aspect_end": torch.tensor([4, 1, 5, 3]),
+    }
+
+
+def _models():
+    torch.manual_seed(0)
+    return [
+        MemoryNetwork(VOCAB, embed_dim=16, hops=2),
+        TNetATT(VOCAB, embed_dim=16, hidden_dim=8, dropout=0.0),
+        TNetATT(
+            VOCAB,
+            embed_dim=16,
+            hidden_dim=8,
+            dropout=0.0,
+            cpt_attention="layer",
+            attention=partial(MultiHeadAttention, backend="auto"),
+        ),
+    ]
+
+
+def test_span_masks_and_distance():
+    batch = _batch()
+    valid, aspect, context = span_masks(
+        batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"]
+    )
+    assert valid[0].tolist() == [True] * 7 + [False] * 2
+    assert aspect[0].tolist() == [False, False, True, True] + [False] * 5
+    assert context[3].tolist() == [True, True, False] + [False] * 6
+    distance = aspect_distance(batch["tokens"], batch["aspect_start"], batch["aspect_end"])
+    assert distance[0].tolist() == [2, 1, 0, 0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_attention_covers_context_words_and_offsets_move_it(index):
+    model = _models()[index].eval()
+    batch = _batch()
+    logits, weights, scores = model(**batch)
+    _, _, context = span_masks(batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"])
+    assert logits.shape == (4, 3) and weights.shape == scores.shape == (4, 9)
+    assert (weights[~context] == 0).all()
+    torch.testing.assert_close(weights.sum(1), torch.ones(4))
+    # padding does not change a sentence's result
+    short = {k: v[:1] for k, v in batch.items()}
+    short["tokens"] = short["tokens"][:, :7]
+    torch.testing.assert_close(model(**short)[0], logits[:1], atol=1e-5, rtol=1e-4)
+    offset = torch.zeros(4, 9)
+    offset[0, 0] = 5.0
+    _, shifted, _ = model(**batch, score_offset=offset)
+    assert shifted[0, 0] > weights[0, 0]
+
+
+def test_models_need_a_vocabulary_and_valid_options():
+    with pytest.raises(ValueError, match="vocab"):
+        TNetATT(None)
+    with pytest.raises(ValueError, match="cpt_attention"):
+        TNetATT(VOCAB, cpt_attention="conv")
+    with pytest.raises(ValueError, match="hops"):
+        MemoryNetwork(VOCAB, hops=0)
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_torchscript_export_parity(index, tmp_path):
+    model = _models()[index].eval()
+    report = export_graphs(model.export_graphs(_batch()), tmp_path, ["torchscript"])
+    assert report["ok"] and all(len(g["input_shapes"]) == 2 for g in report["graphs"])
+
+
+def test_onnx_export_parity_in_a_fresh_process(tmp_path):
+    """ONNX parity of both models, in a subprocess: an earlier in-process dynamo export of LSTM
+    graphs makes later exports in the same process fix a dynamic length (a torch.export state leak,
+    see apps/kenet/README.md), which would break other apps' export tests run after this one."""
+    code = (
+        "import json, sys\n"
+        "from tests.apps.absa.test_model import _batch, _models\n"
+        "from apps.common.export import export_graphs\n"
+        "reports = [export_graphs(m.eval().export_graphs(_batch()), __import__('pathlib').Path(sys.argv[1]) / str(i),"
+        " ['onnx']) for i, m in enumerate(_models()[:2])]\n"
+        "print(json.dumps([r['ok'] for r in reports]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True]
+
+
+def test_pssa_regulariser_targets():
+    weights = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.6, 0.4, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    active = torch.tensor([[True, True, False, False], [False] * 4, [False] * 4])
+    misleading = torch.tensor([[False, False, True, False], [True, False, False, False], [False] * 4])
+    reg = pssa_regulariser(weights, active, misleading)
+    # row 0: targets 1/2 on the two active words, 0 on the misleading one
+    assert reg[0].item() == pytest.approx((0.5 - 0.5) ** 2 + (0.3 - 0.5) ** 2 + 0.2**2)
+    # row 1: no active word (guarded): only pushes the misleading weight to 0
+    assert reg[1].item() == pytest.approx(0.36)
+    assert reg[2].item() == 0.0
+
+
+def test_at_and_iat_perturbations():
+    grad = torch.tensor([[3.0, 4.0, 9.0], [1.0, 0.0, 0.0]])
+    context = torch.tensor([[True, True, False], [True, True, True]])
+    r = at_perturbation(grad, context, epsilon=2.0)
+    torch.testing.assert_close(r[0], torch.tensor([1.2, 1.6, 0.0]))
+    assert r[1].norm().item() == pytest.approx(2.0)
+    scores = torch.randn(5, 6)
+    context = torch.ones(5, 6, dtype=torch.bool)
+    context[0, 4:] = False
+    grad = torch.randn(5, 6)
+    r = iat_perturbation(scores, grad, context, epsilon=1.0)
+    assert (r[0, 4:] == 0).all()
+    # each row lies in the span of its directions toward the other rows and increases the loss
+    masked = scores.masked_fill(~context, 0.0)  # other sentences' scores are 0 beyond their words
+    for i in range(5):
+        directions = torch.stack([masked[j] - masked[i] for j in range(5) if j != i]) * context[i]
+        solution = torch.linalg.lstsq(directions.T, r[i]).solution
+        torch.testing.assert_close(directions.T @ solution, r[i], atol=1e-5, rtol=1e-4)
+        assert (r[i] * grad[i]).sum() > 0
+    assert (iat_perturbation(scores[:1], grad[:1], context[:1], 1.0) == 0).all()
