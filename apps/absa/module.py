@@ -84,6 +84,8 @@ class ABSAModule(BaseModule):
         adv_lambda: weight of the adversarial loss.
         word_vectors: optional local GloVe-style text file (``word v1 ... vD``) to initialise the
             embeddings at the start of training; words it lacks keep their random vectors.
+        encoder_lr: learning rate of a fine-tuned pretrained encoder (its own parameter group); the
+            rest of the model uses the optimiser's.
         attention_plots: sentences shaded by attention, drawn into ``<run>/plots`` per validation epoch.
     """
 
@@ -97,6 +99,7 @@ class ABSAModule(BaseModule):
         adv_epsilon: float = 1.0,
         adv_lambda: float = 1.0,
         word_vectors: str | None = None,
+        encoder_lr: float | None = None,
         attention_plots: int = 6,
         model_config: dict[str, Any] | None = None,
     ) -> None:
@@ -110,11 +113,31 @@ class ABSAModule(BaseModule):
         self.adv_epsilon = adv_epsilon
         self.adv_lambda = adv_lambda
         self.word_vectors = word_vectors
+        self.encoder_lr = encoder_lr
         self.attention_plots = attention_plots
         self._outputs: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
 
     # ------------------------------------------------------------------ training
+    def configure_optimizers(self) -> Any:
+        encoder = getattr(self.model, "encoder", None)
+        if encoder is None or self.encoder_lr is None:
+            return super().configure_optimizers()
+        encoder_ids = {id(p) for p in encoder.parameters()}
+        groups = [
+            {"params": [p for p in self.parameters() if id(p) not in encoder_ids and p.requires_grad]},
+            {"params": [p for p in encoder.parameters() if p.requires_grad], "lr": self.encoder_lr},
+        ]
+        optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
     def on_fit_start(self) -> None:
+        if self.word_vectors and not hasattr(self.model, "embedding"):
+            raise ValueError(
+                "app.module.word_vectors: this model has no word embedding table (a pretrained encoder)"
+            )
         if self.word_vectors and self.current_epoch == 0 and self.global_step == 0:
             from apps.absa.data import load_word_vectors
 
@@ -176,14 +199,14 @@ class ABSAModule(BaseModule):
 
         with torch.inference_mode(False), torch.enable_grad():
             inputs = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
-            handle = self.model.embedding.register_forward_hook(embeddings_as_leaf)
+            handle = self.model.importance_site().register_forward_hook(embeddings_as_leaf)
             try:
                 logits, _, _ = self._forward(inputs)
                 chosen = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
                 (grad,) = torch.autograd.grad(chosen, captured["embedded"])
             finally:
                 handle.remove()
-            return (grad * captured["embedded"].detach()).sum(-1).abs().detach()
+            return self.model.word_importance(grad * captured["embedded"].detach(), inputs["tokens"]).detach()
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         logits, weights, _ = self._forward(batch)

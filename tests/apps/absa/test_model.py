@@ -103,17 +103,21 @@ def test_onnx_export_parity_in_a_fresh_process(tmp_path):
     see apps/kenet/README.md), which would break other apps' export tests run after this one."""
     code = (
         "import json, sys\n"
-        "from tests.apps.absa.test_model import _batch, _models\n"
+        "from pathlib import Path\n"
+        "from tests.apps.absa.test_model import _batch, _models, VOCAB\n"
+        "from tests.conftest import build_tiny_encoder\n"
+        "from apps.absa.model import PretrainedATT\n"
         "from apps.common.export import export_graphs\n"
-        "reports = [export_graphs(m.eval().export_graphs(_batch()), __import__('pathlib').Path(sys.argv[1]) / str(i),"
-        " ['onnx']) for i, m in enumerate(_models()[:2])]\n"
+        "out = Path(sys.argv[1])\n"
+        "models = _models()[:2] + [PretrainedATT(VOCAB, encoder_path=str(build_tiny_encoder(out / 'enc')))]\n"
+        "reports = [export_graphs(m.eval().export_graphs(_batch()), out / str(i), ['onnx']) for i, m in enumerate(models)]\n"
         "print(json.dumps([r['ok'] for r in reports]))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True, True]
 
 
 def test_pssa_regulariser_targets():
@@ -148,3 +152,33 @@ def test_at_and_iat_perturbations():
         torch.testing.assert_close(directions.T @ solution, r[i], atol=1e-5, rtol=1e-4)
         assert (r[i] * grad[i]).sum() > 0
     assert (iat_perturbation(scores[:1], grad[:1], context[:1], 1.0) == 0).all()
+
+
+def test_pretrained_model_pieces_attention_importance_and_torchscript(tiny_encoder, tmp_path):
+    from apps.absa.model import PretrainedATT
+    from apps.absa.module import ABSAModule
+
+    vocab = ["<pad>", "<unk>", "<mask>", "the", "battery", "life", "is", "unbelievably", "good", "."]
+    torch.manual_seed(0)
+    model = PretrainedATT(vocab, encoder_path=tiny_encoder, max_pieces=4).eval()
+    assert model.piece_table[2, 0] != model.pad_piece and (model.piece_table[0] == model.pad_piece).all()
+    assert (model.piece_table[7] != model.pad_piece).sum() > 1  # a word of several pieces
+    batch = {
+        "tokens": torch.tensor([[3, 4, 5, 6, 7, 8, 9], [3, 4, 6, 2, 9, 0, 0]]),
+        "lengths": torch.tensor([7, 5]),
+        "aspect_start": torch.tensor([1, 1]),
+        "aspect_end": torch.tensor([3, 2]),
+    }
+    logits, weights, _ = model(**batch)
+    _, _, context = span_masks(batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"])
+    assert logits.shape == (2, 3) and (weights[~context] == 0).all()
+    # padding words do not change a sentence's result
+    short = {k: v[1:] for k, v in batch.items()}
+    short["tokens"] = short["tokens"][:, :5]
+    torch.testing.assert_close(model(**short)[0], logits[1:], atol=1e-5, rtol=1e-4)
+    module = ABSAModule(model, optimizer=partial(torch.optim.Adam, lr=1e-3), encoder_lr=1e-5)
+    importance = module._importance(batch)
+    assert importance.shape == (2, 7) and (importance[1, 5:] == 0).all() and importance[0].sum() > 0
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    report = export_graphs(model.export_graphs(batch), tmp_path, ["torchscript"])
+    assert report["ok"]

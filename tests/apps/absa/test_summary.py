@@ -1,0 +1,40 @@
+"""The seed-table tool: groups runs, splits PSSA runs into base and +PSSA rows, mean ± std."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from apps.absa.summary import find_runs, main, summarise
+
+
+def _run(folder: Path, acc: float, base_acc: float | None = None) -> Path:
+    folder.mkdir(parents=True)
+    metrics = {"test": {"test/acc": acc, "test/acc_rare": acc - 0.1, "test/kendall_tau": float("nan")}}
+    if base_acc is not None:
+        metrics.update(rounds=[{"round": 1}], base_test={"test/acc": base_acc})
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_summary_groups_seeds_and_pssa_rows(tmp_path: Path, capsys):
+    sweep = tmp_path / "sweep"
+    for seed, (acc, base) in enumerate([(0.8, 0.7), (0.9, 0.8), (0.85, 0.75)]):
+        _run(sweep / str(seed), acc, base)
+    plain = _run(tmp_path / "at", 0.6)
+    assert len(find_runs([sweep])) == 3
+    table = summarise({"tnet": find_runs([sweep]), "at": [plain]})
+    assert table["tnet: +PSSA"]["runs"] == 3
+    assert table["tnet: +PSSA"]["acc"][0] == pytest.approx(0.85) and table["tnet: +PSSA"]["acc"][
+        1
+    ] == pytest.approx(0.05)
+    assert table["tnet: base (round 1)"]["acc"][0] == pytest.approx(0.75)
+    assert "kendall_tau" not in table["at"]
+    main([f"tnet={sweep}", str(plain), "--json", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    assert "| tnet: +PSSA | 3 | 0.850 ± 0.050 |" in out and "| at | 1 | 0.600 |" in out
+    assert json.loads((tmp_path / "t.json").read_text())["at"]["runs"] == 1
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        find_runs([tmp_path / "empty"])
