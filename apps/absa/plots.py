@@ -14,10 +14,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from apps.absa.formats import POLARITIES  # noqa: E402
 
 
-def plot_attention(rows: Sequence[tuple[Any, Sequence[float], int]], path: str | Path) -> Path:
+def plot_attention(
+    rows: Sequence[tuple[Any, Sequence[float], int]], path: str | Path, tags: Sequence[str] | None = None
+) -> Path:
     """One line per example: words shaded by attention weight, the aspect boxed, gold/predicted label.
 
-    ``rows``: ``(example, weights, predicted_label)`` with ``example`` an ``EncodedExample``.
+    ``rows``: ``(example, weights, predicted_label)`` with ``example`` an ``EncodedExample``;
+    ``tags``: an optional label per row printed first (e.g. ``before`` / ``after``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +35,8 @@ def plot_attention(rows: Sequence[tuple[Any, Sequence[float], int]], path: str |
         peak = max(max(weights, default=0.0), 1e-9)
         x = 0.0
         label = f"gold {POLARITIES[example.label][:3]} / pred {POLARITIES[predicted][:3]}  "
+        if tags is not None:
+            label = f"{tags[line]:<7}" + label
         text = ax.text(x, y, label, va="center", fontsize=8, family="monospace")
         x += text.get_window_extent(renderer).width / fig.bbox.width + 0.005
         for position, word in enumerate(example.words):

@@ -101,6 +101,8 @@ class PSSARunner:
         pssa_lambda: weight of the final stage's attention regulariser (0.1; 0.5 for restaurants in
             the official code).
         test_rounds: test every round's model too (round 1 is the base model; always tested).
+        plot_sentences: validation sentences drawn in ``attention_before_after_pssa.png`` (base model
+            vs final model attention); 0 disables the plot.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class PSSARunner:
         entropy_threshold: float = 4.0,
         pssa_lambda: float = 0.1,
         test_rounds: bool = False,
+        plot_sentences: int = 8,
     ) -> None:
         if rounds < 1:
             raise ValueError(f"app.runner.rounds must be >= 1, got {rounds}")
@@ -118,6 +121,7 @@ class PSSARunner:
         self.entropy_threshold = entropy_threshold
         self.pssa_lambda = pssa_lambda
         self.test_rounds = test_rounds
+        self.plot_sentences = plot_sentences
 
     # ------------------------------------------------------------------ state
     @staticmethod
@@ -191,6 +195,31 @@ class PSSARunner:
             module.load_state_dict(state)
         return results, module
 
+    def _plot_before_after(self, root: Path, datamodule: ABSADataModule, final: torch.nn.Module) -> None:
+        """Validation sentences shaded by the base model's (round 1) and the final model's attention."""
+        from apps.absa.plots import plot_attention
+        from apps.export import load_model
+
+        base_metrics = root / "round1" / "metrics.json"
+        best = json.loads(base_metrics.read_text()).get("best_checkpoint") if base_metrics.is_file() else None
+        if not best or not Path(best).is_file() or self.plot_sentences <= 0:
+            return
+        base, _ = load_model(best)
+        examples = datamodule.splits["val"][: self.plot_sentences]
+        batch = next(iter(datamodule.val_dataloader()))
+        rows, tags = [], []
+        with torch.no_grad():
+            outputs = [
+                model.eval()(batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"])
+                for model in (base, final)
+            ]
+        for row, example in enumerate(examples):
+            for tag, (logits, weights, _) in zip(("before", "after"), outputs):
+                rows.append((example, weights[row, : len(example.words)].tolist(), int(logits[row].argmax())))
+                tags.append(tag)
+        path = plot_attention(rows, root / "attention_before_after_pssa.png", tags)
+        log.info("wrote %s", path)
+
     def run(self, cfg: DictConfig) -> dict[str, Any]:
         root = Path(cfg.paths.output_dir)
         from hydra.utils import instantiate
@@ -224,7 +253,10 @@ class PSSARunner:
                 stats.get("high_entropy", 0),
             )
         datamodule.use_erasure = False
-        results, _ = self._fit_stage(cfg, datamodule, root / "final", cfg.test, pssa_lambda=self.pssa_lambda)
+        results, final = self._fit_stage(
+            cfg, datamodule, root / "final", cfg.test, pssa_lambda=self.pssa_lambda
+        )
+        self._plot_before_after(root, datamodule, final.model)
         summary = {
             **results,
             "base_test": base,

@@ -60,6 +60,7 @@ def test_pssa_pipeline_rounds_state_final_and_plots(pssa_run):
     for stage in ("round1", "round2", "final"):
         assert (run / stage / "checkpoints" / "last.ckpt").is_file(), stage
     assert list((run / "final" / "plots").glob("attention_epoch*.png"))
+    assert (run / "attention_before_after_pssa.png").stat().st_size > 0
     config = load_checkpoint(run / "final" / "checkpoints" / "last.ckpt")["model_config"]
     assert config["_target_"] == "apps.absa.model.TNetATT" and config["vocab"][:3] == [
         "<pad>",
