@@ -2,19 +2,27 @@
 
 It is built to make the claim of PSSA (Tang et al., ACL 2019) measurable: an attention model
 over-attends the frequent sentiment words and under-learns the infrequent ones, and PSSA, which
-masks the most attended word in later rounds, recovers them. Hence:
+masks the most attended word in later rounds, recovers them. Hence (version 2):
 
-- the opinion lexicon (single tokens, about 60 per polarity) is sampled with Zipf weights within
-  each polarity, so a handful of words are very frequent and many occur only a few times;
-- in training, a share of the polar clauses pairs a frequent word with a rarer one of the same
-  polarity ("the pasta was great and scrumptious"): the frequent word alone explains the label and
-  shadows the rarer one, which is the word recorded as ``opinion``;
+- the opinion lexicon (about 215 single-token adjectives and participles per polarity) is sampled
+  with Zipf weights within each polarity, so a handful of words are very frequent and most occur
+  only 1 to 5 times as an opinion in train (close to a third of the lexicon never does);
+- in training, a rare opinion word always shares its clause with a frequent word of the same
+  polarity ("the pasta was great and scrumptious"), and a medium word mostly does: the frequent
+  word alone explains the label and shadows the rarer one, which is the word recorded as ``opinion``;
 - in test, rare words mostly stand alone, and a share of the clauses draws its word uniformly from
-  the rare words seen in training, so accuracy on rare opinion words is estimated on enough examples.
+  the rare words seen in training, so accuracy on rare opinion words is estimated on enough examples;
+- opinion words also occur where they decide no label, as in real reviews: in opinions about
+  things that are not aspects ("the weather was awful , but the pasta was great") and in neutral
+  questions ("i asked whether the pasta was good"); neutral clauses often state a fact in an
+  opinion's place ("the pasta was homemade"), so an unfamiliar word in that slot may be factual as
+  well as positive or negative; aspects carry neutral modifiers with a long tail of their own
+  ("the grilled pasta").
 
 Negation ("not", "never", "hardly" before the opinion word) flips the label; contrast sentences hold
-two aspects with their own opinion words; neutral clauses are factual and carry no opinion word.
-Every example records its opinion word, whether it is negated, and exact character offsets.
+two aspects with opposite opinions, pair sentences two aspects with independent labels (neutral
+included), so the label depends on which clause the aspect is in. Every label is exactly determined
+by the sentence. Every example records its opinion word, whether it is negated, and exact offsets.
 """
 
 from __future__ import annotations
@@ -166,6 +174,29 @@ LAPTOP_MODIFIERS = tuple(
     microsoft gaming office travel student business desktop mobile usb bluetooth quad octa dual
     """.split()
 )
+# Factual predicates: neutral clauses shaped like opinions ("the pasta was homemade"), so that an
+# unfamiliar word in the opinion slot may be factual as well as positive or negative.
+FACTUAL_PREDICATES: dict[str, tuple[str, ...]] = {
+    RESTAURANT: tuple(
+        """
+        homemade vegetarian italian grilled seasonal baked vegan fried thai mexican roasted french
+        steamed greek smoked indian boiled korean sliced japanese stuffed chinese marinated spanish
+        imported lebanese square turkish round vietnamese red green yellow brown white purple pink
+        beige handwritten printed laminated bilingual unchanged buffet traditional regional halal
+        kosher decaf caffeinated unsalted gluten dairy carbonated sparkling bottled canned shredded
+        diced minced mashed pureed chilled frozen
+        """.split()
+    ),
+    LAPTOP: tuple(
+        """
+        black silver grey white aluminum wireless backlit removable detachable replaceable
+        preinstalled integrated dedicated external internal rectangular matte mechanical optical
+        digital analog widescreen refurbished unchanged foldable blue red metallic glossy plastic
+        rubberized magnetic modular soldered upgradable proprietary optional included numeric
+        partitioned encrypted formatted unlocked licensed bundled virtual physical onboard discrete
+        """.split()
+    ),
+}
 NEGATORS = ("not", "never", "hardly")
 INTENSIFIERS = ("really", "very", "quite", "so", "extremely", "truly")
 OPENERS = ("honestly ,", "overall ,", "frankly ,", "i must say", "to be fair ,", "in short ,")
@@ -217,6 +248,15 @@ GENERIC_NEUTRAL_CLAUSES = (
     "the review mentions the {A}",
     "my friend asked me about the {A}",
 )
+# Neutral clauses that mention an opinion word without expressing an opinion (a question or a
+# wish about the aspect): "{OP}" is any opinion word; the label stays neutral.
+HYPOTHETICAL_CLAUSES = (
+    "i asked whether the {A} {WAS} {OP}",
+    "we wondered if the {A} would be {OP}",
+    "my friend wanted to know if the {A} {BE} {OP}",
+    "i could not tell whether the {A} {WAS} {OP}",
+    "the ad claims the {A} {BE} {OP}",
+)
 # Predicative templates (negation allowed): "{A}" aspect, "{BE}"/"{WAS}" agree with it, "{OP}" opinion.
 PREDICATIVE_TEMPLATES = (
     "the {A} {WAS} {OP}",
@@ -265,26 +305,32 @@ class GeneratorConfig:
     seed: int = 0
     rare_fraction: float = 0.8
     """Share of each polarity's lexicon, the lowest Zipf weights, marked rare."""
-    zipf_exponent: float = 1.0
+    zipf_exponent: float = 1.3
     """Sampling weight of the word of rank r (1-based, within its polarity) is r ** -zipf_exponent."""
     frequent_size: int = 5
     """The top words of each polarity: the shadowing partner of a rarer word is one of them."""
     neutral_share: float = 1 / 3
-    negation_prob: float = 0.15
-    contrast_prob: float = 0.15
+    negation_prob: float = 0.25
+    negate_rare: bool = True
+    """Negated clauses draw from the whole lexicon; else only from words that are not rare."""
+    contrast_prob: float = 0.2
     """Sentences with two aspects of opposite polarity ("... great but the Y was awful")."""
-    pair_prob: float = 0.12
+    pair_prob: float = 0.2
     """Sentences with two aspects of independently drawn labels."""
-    shadow_prob: float = 0.97
+    shadow_prob: float = 1.0
     """Train: a non-negated clause whose word is rare also gets a frequent same-polarity word."""
-    medium_shadow_prob: float = 0.4
+    medium_shadow_prob: float = 0.7
     """Train: the same for words neither frequent nor rare."""
     test_shadow_prob: float = 0.05
     """Test: the same for every word that is not frequent (rare words mostly stand alone)."""
-    test_rare_prob: float = 0.15
+    test_rare_prob: float = 0.35
     """Test: a clause draws its word uniformly from the rare words seen as opinions in train."""
-    distractor_prob: float = 0.12
+    distractor_prob: float = 0.2
     """A sentence opens with an opinion about a non-aspect ("the weather was awful , but ...")."""
+    factual_prob: float = 0.5
+    """A neutral clause states a fact in an opinion's place ("the pasta was homemade")."""
+    hypothetical_prob: float = 0.4
+    """Otherwise, a neutral clause asks about an opinion word without holding it ("i asked whether ...")."""
     modifier_prob: float = 0.5
     """An aspect term gets a neutral modifier before it ("the grilled pasta")."""
     modifier_exponent: float = 1.0
@@ -300,8 +346,8 @@ class GeneratorConfig:
             name: getattr(self, name)
             for name in (
                 "rare_fraction neutral_share negation_prob contrast_prob pair_prob shadow_prob "
-                "medium_shadow_prob test_shadow_prob test_rare_prob distractor_prob modifier_prob intensifier_prob "
-                "prenominal_prob filler_prob"
+                "medium_shadow_prob test_shadow_prob test_rare_prob distractor_prob hypothetical_prob "
+                "factual_prob modifier_prob intensifier_prob prenominal_prob filler_prob"
             ).split()
         }
         for name, value in probabilities.items():
@@ -408,17 +454,28 @@ class _SplitGenerator:
                 rare = rare or [w for w in eligible if w.rare] or eligible
                 self.tables[(*key, "rare")] = _Table(rare, uniform=True)
         self.modifiers = {
-            key: (words, list(accumulate((rank + 1) ** -config.modifier_exponent for rank in range(len(words)))))
+            key: (
+                words,
+                list(accumulate((rank + 1) ** -config.modifier_exponent for rank in range(len(words)))),
+            )
             for key, words in (
                 ("dish", DISH_MODIFIERS),
                 (RESTAURANT, VENUE_MODIFIERS),
                 (LAPTOP, LAPTOP_MODIFIERS),
             )
         }
+        self.factual = {
+            domain: (
+                words,
+                list(accumulate((rank + 1) ** -config.modifier_exponent for rank in range(len(words)))),
+            )
+            for domain, words in FACTUAL_PREDICATES.items()
+        }
         self.shadowed: list[bool] = []
         """Per generated example: its clause pairs the opinion word with a frequent one."""
         self.examples_by_rare_draw = 0
         self.distractor_sentences = 0
+        self.hypothetical_clauses = 0
 
     def uniform(self) -> float:
         return float(self.rng.random())
@@ -444,7 +501,7 @@ class _SplitGenerator:
 
     def draw_word(self, domain: str, polarity: str, negated: bool = False) -> OpinionWord:
         """A Zipf draw (or, in test, a uniform draw among rare words); negation takes common words."""
-        if negated:
+        if negated and not self.config.negate_rare:
             return self.tables[(domain, polarity, "common")].draw(self.uniform())
         if self.chance(self.rare_prob):
             self.examples_by_rare_draw += 1
@@ -475,8 +532,19 @@ class _SplitGenerator:
         shadowed = False
         if polarity == "neutral":
             dish = DISH_NEUTRAL_CLAUSES if aspect.dish else ()
-            template = self.pick(NEUTRAL_CLAUSES[domain] + dish + GENERIC_NEUTRAL_CLAUSES)
             opinion_tokens: list[str] = []
+            if self.chance(self.config.factual_prob):
+                template = self.pick(PREDICATIVE_TEMPLATES)
+                words, cumulative = self.factual[domain]
+                index = bisect.bisect_right(cumulative, self.uniform() * cumulative[-1])
+                opinion_tokens = [words[min(index, len(words) - 1)]]
+            elif self.chance(self.config.hypothetical_prob):
+                template = self.pick(HYPOTHETICAL_CLAUSES)
+                polarity_of_word = "positive" if self.chance(0.5) else "negative"
+                opinion_tokens = [self.tables[(domain, polarity_of_word, "all")].draw(self.uniform()).word]
+                self.hypothetical_clauses += 1
+            else:
+                template = self.pick(NEUTRAL_CLAUSES[domain] + dish + GENERIC_NEUTRAL_CLAUSES)
             opinion, negated = None, False
         else:
             prenominal = prenominal_ok and self.chance(self.config.prenominal_prob)
@@ -621,6 +689,7 @@ def _split_stats(
         "rare_opinion_shadowed_share": round(sum(rare) / max(1, len(rare)), 4),
         "rare_draw_examples": gen.examples_by_rare_draw,
         "distractor_sentences": gen.distractor_sentences,
+        "hypothetical_clauses": gen.hypothetical_clauses,
     }
 
 
