@@ -369,3 +369,34 @@ def load_word_vectors(path: str | Path, vocab: Sequence[str], weight: torch.Tens
             weight[index[word]] = torch.tensor(values, dtype=weight.dtype)
             found += 1
     return found
+
+
+def encoder_word_vectors(
+    encoder_path: str, vocab: Sequence[str], weight: torch.Tensor, batch_size: int = 256
+) -> int:
+    """Static word vectors from a local pretrained encoder (the stand-in for GloVe when no vector
+    file is at hand): each word alone, ``[CLS] word [SEP]``, mean of its last hidden states over the
+    word's pieces. Fills ``weight (V, D)`` for every non-special word; returns how many."""
+    from apps.common.pretrained import PretrainedEncoder, load_tokenizer, pad_ids
+
+    tokenizer = load_tokenizer(encoder_path)
+    encoder = PretrainedEncoder(encoder_path).eval()
+    if encoder.hidden_size != weight.shape[1]:
+        raise ValueError(
+            f"app.module.word_vectors=encoder:{encoder_path}: the encoder gives {encoder.hidden_size}-d "
+            f"vectors, the embeddings have {weight.shape[1]} (set app.model.embed_dim={encoder.hidden_size})"
+        )
+    words = [(i, w) for i, w in enumerate(vocab) if w not in SPECIALS]
+    with torch.no_grad():
+        for start in range(0, len(words), batch_size):
+            chunk = words[start : start + batch_size]
+            ids = [tokenizer(w, add_special_tokens=True)["input_ids"] for _, w in chunk]
+            tokens, mask = pad_ids(ids)
+            states = encoder(tokens, mask)
+            pieces = mask.clone()
+            pieces[:, 0] = False
+            pieces[torch.arange(len(ids)), mask.sum(1) - 1] = False  # drop [CLS] and [SEP]
+            pieces = pieces.unsqueeze(-1).to(states.dtype)
+            vectors = (states * pieces).sum(1) / pieces.sum(1).clamp(min=1.0)
+            weight[[i for i, _ in chunk]] = vectors.to(weight.dtype)
+    return len(words)

