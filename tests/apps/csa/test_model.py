@@ -1,0 +1,182 @@
+"""CSA on BMN: the mmaction2 import workaround, the attention variants, CSA's near-identity start,
+gradients through the BMN loss, parity of our loss / proposals with mmaction2's BMN, and export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from apps.common.export import export_graphs
+from apps.csa import mm
+from apps.csa.model import ATTENTIONS, BMNCSA, FUSIONS, ClassSemanticsAttention, SqueezeExcitation1d
+
+ROOT = Path(__file__).resolve().parents[3]
+T, C_IN = 16, 32
+SMALL = {
+    "temporal_dim": T,
+    "feat_dim": C_IN,
+    "num_samples": 8,
+    "num_samples_per_bin": 3,
+    "hidden_dim_1d": 32,
+    "hidden_dim_2d": 16,
+    "hidden_dim_3d": 32,
+    "reduction": 4,
+    "se_reduction": 4,
+}
+GT_BBOX = [
+    torch.tensor([[0.1, 0.35], [0.5, 0.9]], dtype=torch.float64),
+    torch.tensor([[0.0, 0.6]], dtype=torch.float64),
+    torch.tensor([[0.2, 0.3], [0.4, 0.55], [0.7, 1.0]], dtype=torch.float64),
+]
+
+
+def _model(attention: str = "csa", **kwargs) -> BMNCSA:
+    torch.manual_seed(0)
+    return BMNCSA(attention=attention, **{**SMALL, **kwargs})
+
+
+def _features(batch: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, C_IN, T, generator=torch.Generator().manual_seed(seed))
+
+
+def test_mmaction_import_placeholder_is_registered_once():
+    mmaction = mm.import_mmaction()
+    assert mm.import_mmaction() is mmaction
+    assert mm.bmn_class().__name__ == "BMN" and mm.bmn_loss_class().__name__ == "BMNLoss"
+    for accessor in (
+        mm.post_processing_fn,
+        mm.soft_nms_fn,
+        mm.temporal_iou_fn,
+        mm.average_recall_at_avg_proposals_fn,
+        mm.average_precision_at_temporal_iou_fn,
+        mm.average_precision_detection_fn,
+    ):
+        assert callable(accessor())
+    assert mm.register_drn_placeholder() is False  # already registered, or the wheel has the module
+    if mm.drn_is_missing():
+        placeholder = sys.modules[mm.DRN_MODULE].DRN
+        assert sys.modules["mmaction.models.localizers"].DRN is placeholder
+        with pytest.raises(ImportError, match="2714"):
+            placeholder()
+
+
+def test_attention_variants_run_with_bmn_shapes():
+    features = _features()
+    for attention in ATTENTIONS:
+        model = _model(attention).eval()
+        out = model.forward_with_attention(features)
+        assert out.confidence_map.shape == (3, 2, T, T)
+        assert out.start.shape == out.end.shape == (3, T)
+        has_csa, has_se = "csa" in attention, "se" in attention
+        assert (out.channel_weights is not None) == has_csa and (out.se_weights is not None) == has_se
+        if has_csa:
+            assert out.channel_weights.shape == (3, 32) and out.temporal_weights.shape == (3, T)
+        if has_se:
+            assert out.se_weights.shape == (3, 32)
+        assert all(((t >= 0) & (t <= 1)).all() for t in model(features))
+    with pytest.raises(ValueError, match="attention"):
+        BMNCSA(attention="cbam", **SMALL)
+    with pytest.raises(ValueError, match=r"\(B, 32, 16\)"):
+        _model("none")(torch.randn(2, C_IN, T + 1))
+
+
+def test_plain_bmn_forward_and_loss_equal_mmaction():
+    model = _model("none")
+    features = _features()
+    ours = model(features)
+    theirs = model.bmn._forward(features)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.manual_seed(123)
+    loss = model.loss(ours, GT_BBOX)
+    samples = [SimpleNamespace(gt_instances={"gt_bbox": box}) for box in GT_BBOX]
+    torch.manual_seed(123)
+    reference = model.bmn.loss(features, samples)["loss"]
+    assert torch.equal(loss["loss"], reference)
+    expected = loss["tem_loss"] + 10 * loss["pem_reg_loss"] + loss["pem_cls_loss"]
+    torch.testing.assert_close(loss["loss"], expected)
+    with pytest.raises(ValueError, match="non-empty"):
+        model.targets([torch.zeros(0, 2)])
+
+
+def test_proposals_equal_bmn_predict():
+    model = _model("none").eval()
+    features = _features(batch=1, seed=4)
+    info = {"video_name": "v_x", "duration_frame": 1000, "duration_second": 40.0}
+    with torch.no_grad():
+        ours = model.proposals(*model(features), [info])[0]
+        theirs = model.bmn.predict(features, [SimpleNamespace(metainfo=info)])[0]["proposal_list"]
+    assert ours and ours == theirs
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_csa_starts_near_identity_and_fusions(residual):
+    generator = torch.Generator().manual_seed(2)
+    semantics, encoded = (
+        torch.randn(2, 40, 12, generator=generator),
+        torch.rand(2, 24, 12, generator=generator),
+    )
+    for fusion in FUSIONS:
+        torch.manual_seed(0)
+        csa = ClassSemanticsAttention(40, 24, reduction=4, fusion=fusion, residual=residual)
+        attended, channel, temporal = csa(semantics, encoded)
+        assert attended.shape == encoded.shape
+        assert ((attended - encoded).norm() / encoded.norm()).item() < 0.05, fusion
+        a_c, a_t = csa.logits(semantics)
+        c, t = channel[:, :, None], temporal[:, None, :]
+        fused = torch.sigmoid(a_c[:, :, None] + a_t[:, None, :])
+        gate = {  # without the residual, sequential and parallel_mul coincide
+            ("sequential", True): (1 + c) * (1 + t),
+            ("sequential", False): c * t,
+            ("parallel_mul", True): 1 + c * t,
+            ("parallel_mul", False): c * t,
+            ("parallel_sum", True): 1 + fused,
+            ("parallel_sum", False): fused,
+        }[fusion, residual]
+        torch.testing.assert_close(attended, encoded * gate)
+    far = ClassSemanticsAttention(40, 24, reduction=4, init_logit=None)
+    assert ((far(semantics, encoded)[0] - encoded).norm() / encoded.norm()).item() > 0.05
+    se_out, weights = SqueezeExcitation1d(24, 4)(encoded)
+    torch.testing.assert_close(se_out, encoded * weights[:, :, None])
+
+
+def test_gradients_reach_csa_and_se_through_bmn_loss():
+    model = _model("csa_se", fusion="parallel_sum")
+    torch.manual_seed(5)
+    model.loss(model(_features()), GT_BBOX)["loss"].backward()
+    for name, parameter in [*model.csa.named_parameters(), *model.se.named_parameters()]:
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_torchscript_parity(tmp_path):
+    model = _model("csa_se").eval()
+    report = export_graphs(model.export_graphs({"features": _features(2)}), tmp_path, ["torchscript"])
+    assert report["ok"]
+    assert [shapes[0][0] for shapes in report["graphs"][0]["input_shapes"]] == [2, 1, 3]
+
+
+def test_onnx_export_parity_in_a_fresh_process(tmp_path):
+    """ONNX (dynamo) parity in a subprocess, so no earlier in-process torch.export state (see
+    tests/apps/absa) leaks in; also checks that importing mmaction2 emits no mmcv-lite warning."""
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from tests.apps.csa.test_model import _model, _features\n"
+        "from apps.common.export import export_graphs\n"
+        "out = Path(sys.argv[1])\n"
+        "reports = [export_graphs(_model(a).eval().export_graphs(_features(1)), out / a, ['onnx'])\n"
+        "           for a in ('none', 'csa_se')]\n"
+        "print(json.dumps([r['ok'] for r in reports]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True]
+    assert "MultiScaleDeformableAttention" not in proc.stderr
