@@ -97,6 +97,22 @@ class ABSAModel(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 
+    def attend(
+        self,
+        query: Tensor,
+        states: Tensor,
+        context: Tensor,
+        score_offset: Tensor | None,
+        dropout: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Sentence attention over ``states (B, L, D)`` with ``query (B, D)`` and the classifier:
+        ``(logits, weights, scores)`` (needs ``self.attention`` and ``self.classifier``)."""
+        scores = self.attention.scores(query, states)
+        attended, weights = self.attention(query, states, mask=context, score_offset=score_offset)
+        if dropout:
+            attended = self.dropout(attended)
+        return self.classifier(attended), weights, scores
+
     def importance_site(self) -> nn.Module:
         """The module whose output are the word inputs of gradient-times-input importance."""
         return self.embedding
@@ -286,10 +302,7 @@ class TNetATT(ABSAModel):
             r = self._transform(layer, h, target, window_mask)
             h = h + torch.relu(linear(torch.cat([h, r], dim=-1)))
             h = h * (proximity if self.proximity > 0 else keep)
-        query = masked_mean(target, window_mask)
-        scores = self.attention.scores(query, h)
-        attended, weights = self.attention(query, h, mask=context, score_offset=score_offset)
-        return self.classifier(self.dropout(attended)), weights, scores
+        return self.attend(masked_mean(target, window_mask), h, context, score_offset, dropout=True)
 
 
 class PretrainedATT(ABSAModel):
@@ -378,7 +391,4 @@ class PretrainedATT(ABSAModel):
         piece_mask = mask[:, 1:-1].reshape(batch, length, self.max_pieces).unsqueeze(-1).to(states.dtype)
         words = (states * piece_mask).sum(2) / piece_mask.sum(2).clamp(min=1.0)
         words = self.dropout(words)
-        query = masked_mean(words, aspect)
-        scores = self.attention.scores(query, words)
-        attended, weights = self.attention(query, words, mask=context, score_offset=score_offset)
-        return self.classifier(attended), weights, scores
+        return self.attend(masked_mean(words, aspect), words, context, score_offset)

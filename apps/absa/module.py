@@ -120,20 +120,16 @@ class ABSAModule(BaseModule):
         self._outputs: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
 
     # ------------------------------------------------------------------ training
-    def configure_optimizers(self) -> Any:
+    def optimizer_params(self) -> Any:
         encoder = getattr(self.model, "encoder", None)
         if encoder is None or self.encoder_lr is None:
-            return super().configure_optimizers()
+            return super().optimizer_params()
         encoder_ids = {id(p) for p in encoder.parameters()}
         groups = [
             {"params": [p for p in self.parameters() if id(p) not in encoder_ids and p.requires_grad]},
             {"params": [p for p in encoder.parameters() if p.requires_grad], "lr": self.encoder_lr},
         ]
-        optimizer = self.optimizer_factory(params=[g for g in groups if g["params"]])
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return [g for g in groups if g["params"]]
 
     def on_fit_start(self) -> None:
         if self.word_vectors and not hasattr(self.model, "embedding"):

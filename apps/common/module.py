@@ -30,8 +30,12 @@ class BaseModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.model_config = model_config
 
+    def optimizer_params(self) -> Any:
+        """What the optimiser gets: the trainable parameters (override for parameter groups)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.optimizer_params())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

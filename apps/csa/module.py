@@ -50,15 +50,6 @@ class CSAModule(BaseModule):
             "test": [],
         }
 
-    def configure_optimizers(self) -> Any:
-        # BMN keeps its boundary-matching sampling mask as a frozen parameter: leave it out
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outputs = self.model(batch["features"])
         losses = self.model.loss(outputs, batch["gt_bbox"])
