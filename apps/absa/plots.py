@@ -38,7 +38,7 @@ def plot_attention(
         if tags is not None:
             label = f"{tags[line]:<7}" + label
         text = ax.text(x, y, label, va="center", fontsize=8, family="monospace")
-        x += text.get_window_extent(renderer).width / fig.bbox.width + 0.005
+        x += text.get_window_extent(renderer).width / ax.bbox.width + 0.01
         for position, word in enumerate(example.words):
             weight = weights[position] if position < len(weights) else 0.0
             in_aspect = example.aspect_start <= position < example.aspect_end
@@ -48,7 +48,7 @@ def plot_attention(
                 "pad": 1.5,
             }
             text = ax.text(x, y, word, va="center", fontsize=9, bbox=box)
-            x += text.get_window_extent(renderer).width / fig.bbox.width + 0.006
+            x += text.get_window_extent(renderer).width / ax.bbox.width + 0.006
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
