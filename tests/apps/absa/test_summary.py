@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.absa.summary import find_runs, main, summarise
+from apps.common.summary import find_runs, main, summarise
 
 
 def _run(folder: Path, acc: float, base_acc: float | None = None) -> Path:
@@ -38,3 +38,18 @@ def test_summary_groups_seeds_and_pssa_rows(tmp_path: Path, capsys):
     assert json.loads((tmp_path / "t.json").read_text())["at"]["runs"] == 1
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         find_runs([tmp_path / "empty"])
+
+
+def test_summary_splits_a_sweep_by_a_config_key(tmp_path: Path, capsys):
+    sweep = tmp_path / "sweep"
+    for job, (attention, auc) in enumerate([("none", 50.0), ("csa", 60.0), ("none", 52.0), ("csa", 62.0)]):
+        folder = sweep / str(job)
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"test": {"test/AUC": auc}}))
+        (folder / "config.yaml").write_text(f"app:\n  model:\n    attention: {attention}\n")
+    main([f"bmn={sweep}", "--columns", "AUC", "--by", "app.model.attention"])
+    out = capsys.readouterr().out
+    assert (
+        "| bmn: attention=none | 2 | 51.000 ± 1.414 |" in out
+        and "| bmn: attention=csa | 2 | 61.000 ± 1.414 |" in out
+    )

@@ -1,0 +1,127 @@
+"""Tables of runs, mean ± std over seeds: ``python -m apps.common.summary [--columns a,b] [--by key]
+NAME=RUN_OR_SWEEP_DIR ...`` (``python -m apps.absa.summary`` has the ABSA columns as default).
+
+Every folder given (or found below it) with a ``metrics.json`` is one run; its ``test`` metrics are
+read (``test/<column>``). A PSSA run (``rounds`` in its metrics) contributes two rows, its base model
+(round 1, ``base_test``) and the model after PSSA (``test``). ``--by app.model.attention`` splits the
+runs of a group by that key of each run's ``config.yaml`` (a sweep over variants and seeds gives one
+line per variant). Prints a Markdown table and, with ``--json``, writes the numbers too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ABSA_COLUMNS = ("acc", "macro_f1", "acc_rare", "acc_medium", "acc_frequent", "acc_no_opinion", "kendall_tau")
+
+
+def config_value(run: Path, key: str) -> str:
+    """``key`` (dotted) of the run's resolved ``config.yaml``."""
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(OmegaConf.load(run / "config.yaml"), key)
+    if value is None:
+        raise KeyError(f"{run / 'config.yaml'}: no key {key!r}")
+    return str(value)
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run folders: the given folders that hold ``metrics.json``, else those below them."""
+    runs = []
+    for path in paths:
+        if (path / "metrics.json").is_file():
+            runs.append(path)
+        else:
+            runs.extend(sorted(p.parent for p in path.glob("*/metrics.json")))
+    if not runs:
+        raise FileNotFoundError(f"no metrics.json in or below {', '.join(map(str, paths))}")
+    return runs
+
+
+def rows_of_run(run: Path, name: str | None, by: str | None = None) -> list[tuple[str, dict[str, float]]]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    test = metrics.get("test") or {}
+    label = name or run.name
+    if by is not None:
+        label = f"{label}: {by.rsplit('.', 1)[-1]}={config_value(run, by)}"
+    if metrics.get("rounds") is not None:
+        return [(f"{label}: base (round 1)", metrics.get("base_test") or {}), (f"{label}: +PSSA", test)]
+    return [(label, test)]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarise(
+    groups: dict[str, list[Path]], columns: tuple[str, ...] = ABSA_COLUMNS, by: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{row: {column: (mean, std), "runs": n}}`` over the runs of each group."""
+    collected: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    counts: dict[str, int] = defaultdict(int)
+    for name, runs in groups.items():
+        for run in runs:
+            for row, test in rows_of_run(run, name, by):
+                counts[row] += 1
+                for column in columns:
+                    value = test.get(f"test/{column}")
+                    if value is not None and not math.isnan(value):
+                        collected[row][column].append(float(value))
+    return {
+        row: {"runs": counts[row], **{c: mean_std(v) for c, v in columns.items()}}
+        for row, columns in collected.items()
+    }
+
+
+def markdown(table: dict[str, dict[str, Any]], columns: tuple[str, ...] = ABSA_COLUMNS) -> str:
+    lines = [
+        "| model | runs | " + " | ".join(columns) + " |",
+        "| --- | --- |" + " --- |" * len(columns),
+    ]
+    for row, values in table.items():
+        cells = []
+        for column in columns:
+            if column not in values:
+                cells.append("—")
+                continue
+            mean, std = values[column]
+            cells.append(f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}")
+        lines.append(f"| {row} | {values['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, default_columns: tuple[str, ...] = ABSA_COLUMNS) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--columns", default=",".join(default_columns), help="comma-separated test metrics")
+    parser.add_argument(
+        "--by", default=None, help="split each group by this config key (e.g. app.model.attention)"
+    )
+    parser.add_argument(
+        "groups",
+        nargs="+",
+        help="NAME=DIR[,DIR...] or DIR: run folders or sweep folders (every subfolder with metrics.json)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
+    args = parser.parse_args(argv)
+    groups: dict[str, list[Path]] = {}
+    for spec in args.groups:
+        name, _, dirs = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        paths = [Path(d).expanduser() for d in dirs.split(",")]
+        groups[name or paths[0].name] = find_runs(paths)
+    columns = tuple(c for c in args.columns.split(",") if c)
+    table = summarise(groups, columns, args.by)
+    print(markdown(table, columns))
+    if args.json is not None:
+        args.json.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
