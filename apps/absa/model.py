@@ -71,7 +71,9 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 class ABSAModel(nn.Module):
-    """Shared parts: the vocabulary (stored in the config), word embeddings, the export graph."""
+    """Shared parts: the vocabulary (stored in the config), word embeddings, the sentence attention
+    tail, the export graph. Subclasses define ``forward(tokens, lengths, aspect_start, aspect_end,
+    score_offset=None) -> (logits, weights, scores)`` (see the module docstring)."""
 
     def __init__(self, vocab: Sequence[str] | None, embed_dim: int, dropout: float) -> None:
         super().__init__()
@@ -86,16 +88,6 @@ class ABSAModel(nn.Module):
         with torch.no_grad():
             self.embedding.weight[0].zero_()
         self.dropout = nn.Dropout(dropout)
-
-    def forward(
-        self,
-        tokens: Tensor,
-        lengths: Tensor,
-        aspect_start: Tensor,
-        aspect_end: Tensor,
-        score_offset: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        raise NotImplementedError
 
     def attend(
         self,
