@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from apps.common.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 POLARITIES = ("negative", "neutral", "positive")
@@ -65,13 +67,6 @@ def _read_lines(path: Path) -> list[str]:
         line_no = raw[: err.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line_no}: not valid UTF-8 ({err.reason})") from err
     return text.splitlines()
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` atomically (``apps.common.io.atomic_write``): readers never see a partial file."""
-    from apps.common.io import atomic_write
-
-    return atomic_write(Path(path), lambda handle: handle.write(data))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,7 +211,8 @@ def write_semeval_xml(path: str | os.PathLike[str], examples: Sequence[AspectExa
         lines.append("        </aspectTerms>")
         lines.append("    </sentence>")
     lines.append("</sentences>")
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    atomic_write(Path(path), lambda handle: handle.write(data))
     logger.info("%s: wrote %d sentences, %d aspect examples", path, len(sentences), len(examples))
 
 

@@ -28,7 +28,6 @@ by the sentence. Every example records its opinion word, whether it is negated, 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import logging
 import os
@@ -42,7 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from .formats import POLARITIES, AspectExample, atomic_write_bytes, write_semeval_xml
+from apps.common.io import atomic_write, sha256_file
+
+from .formats import POLARITIES, AspectExample, write_semeval_xml
 
 logger = logging.getLogger(__name__)
 
@@ -760,14 +761,6 @@ def generate(config: GeneratorConfig) -> tuple[list[AspectExample], list[AspectE
     return train, test, metadata
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 SPLIT_FILES = {"train": "train.xml", "test": "test.xml"}
 META_FILE = "meta.json"
 
@@ -811,6 +804,7 @@ def build_dataset(out_dir: str | os.PathLike[str], config: GeneratorConfig) -> d
         checksums[split] = sha256_file(path)
     metadata["sha256"] = checksums
     payload = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(out_dir / META_FILE, payload.encode("utf-8"))
+    data = payload.encode("utf-8")
+    atomic_write(out_dir / META_FILE, lambda handle: handle.write(data))
     logger.info("%s: wrote generated ABSA dataset (%d train, %d test)", out_dir, len(train), len(test))
     return json.loads(payload)

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from apps.absa.data import MASK_ID, ABSADataModule
@@ -222,8 +223,6 @@ class PSSARunner:
 
     def run(self, cfg: DictConfig) -> dict[str, Any]:
         root = Path(cfg.paths.output_dir)
-        from hydra.utils import instantiate
-
         datamodule: ABSADataModule = instantiate(cfg.app.data)
         datamodule.prepare_data()
         datamodule.setup("fit")

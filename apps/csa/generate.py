@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from apps.common.io import atomic_write, write_json
+from apps.common.io import atomic_write, sha256_file, write_json
 
 from .formats import (
     FEATURE_EXTRACTION_INTERVAL,
@@ -301,13 +301,7 @@ def generate_video(config: GeneratorConfig, subset: str, index: int) -> tuple[Vi
 
 
 def _sha256_file(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path) if path.is_file() else None
 
 
 def _features_digest(feature_sha256: dict[str, str]) -> str:

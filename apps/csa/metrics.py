@@ -40,9 +40,8 @@ class VideoClassifier:
         return self
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """``(N, K)`` probabilities over all ``K`` classes (classes absent in training get 0)."""
-        probs = self.model.predict_proba(self.pooled(features))
-        return probs
+        """``(N, K')`` probabilities over the classes seen in training (``self.model.classes_``)."""
+        return self.model.predict_proba(self.pooled(features))
 
 
 def proposal_metrics(

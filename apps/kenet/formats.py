@@ -15,7 +15,6 @@ Every error names the file and the line.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import re
 from collections import Counter
@@ -23,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from apps.common.io import sha256_file
 
 FORMATS = ("debtags", "jsonl", "text_labels")
 LABEL_SEPARATORS = re.compile(r"[\s,]+")
@@ -139,14 +140,6 @@ def label_text(label: str) -> str:
     """Words of a label name: `devel::lang:python` → `devel lang python`, `implemented-in::c` → `implemented in c`."""
     words = [w for w in re.split(r"[:_\-/.]+", label) if w]
     return " ".join(words) if words else label
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_checksums(folder: Path, names: Sequence[str], sums_file: str = "SHA256SUMS") -> None:
