@@ -31,6 +31,9 @@ log = logging.getLogger("bench.kernels")
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "4090": 165.0}
 
 
+BACKENDS = ("sdpa", "triton", "flex", "xformers")
+
+
 def _patterns() -> dict[str, Any]:
     from shared_attention.masks import PowerAttention, SinkWindow, SlidingWindow
 
@@ -60,16 +63,17 @@ def _time(fn, repeats: int) -> float:
 
 
 def _measure_attention(
-    backend: str, mask: Any, shape: tuple[int, ...], dtype: torch.dtype, flops: float, repeats: int
-) -> dict[str, float]:
+    backend: str, mask: Any, inputs: tuple[torch.Tensor, ...], flops: float, repeats: int
+) -> tuple[dict[str, float], torch.Tensor]:
     from shared_attention import attention
 
-    q, k, v = (torch.randn(*shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    q, k, v = inputs
 
     def forward() -> torch.Tensor:
         return attention(q, k, v, mask=mask, backend=backend)
 
-    grad = torch.randn_like(forward())
+    out = forward()
+    grad = torch.ones_like(out) / out.shape[-2] ** 0.5
 
     def forward_backward() -> None:
         forward().backward(grad)
@@ -77,27 +81,52 @@ def _measure_attention(
     torch.cuda.reset_peak_memory_stats()
     forward_s = _time(forward, repeats)
     both_s = _time(forward_backward, repeats)
+    q.grad = k.grad = v.grad = None
     return {
         "forward_ms": forward_s * 1e3,
         "forward_backward_ms": both_s * 1e3,
         "forward_tflops": flops / forward_s / 1e12,
         "forward_backward_tflops": 3.5 * flops / both_s / 1e12,
         "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
-    }
+    }, out.detach()
 
 
-def bench_block_sparse(lengths: list[int], heads: int, dim: int, repeats: int) -> list[dict[str, Any]]:
+def bench_block_sparse(
+    lengths: list[int],
+    heads: int,
+    dim: int,
+    repeats: int,
+    patterns: list[str] | None = None,
+    backends: tuple[str, ...] = BACKENDS,
+    on_case: Any = None,
+    results: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Time every (length, pattern, backend) on the same bf16 inputs; the first backend that runs
+    (SDPA with a dense mask by default order) is the reference for the others' output error."""
     from shared_attention import BackendUnsupported
+    from shared_attention.masks import clear_mask_cache
 
     device = torch.device("cuda")
     dtype = torch.bfloat16
     peak = _peak(torch.cuda.get_device_name())
-    results = []
+    results = [] if results is None else results
     for length in lengths:
         for pattern, mask in _patterns().items():
+            if patterns and pattern not in patterns:
+                continue
+            clear_mask_cache()  # dense masks of earlier cases would count towards this one's memory
+            torch.cuda.empty_cache()
             entries = _allowed_entries(mask, heads, length, device)
             flops = 4.0 * heads * entries * dim
-            for backend in ("triton", "flex", "sdpa", "xformers"):
+            generator = torch.Generator(device=device).manual_seed(length)
+            inputs = tuple(
+                torch.randn(
+                    1, heads, length, dim, device=device, dtype=dtype, generator=generator
+                ).requires_grad_()
+                for _ in range(3)
+            )
+            reference = None
+            for backend in backends:
                 case: dict[str, Any] = {
                     "kernel": "block_sparse_attention",
                     "backend": backend,
@@ -107,18 +136,30 @@ def bench_block_sparse(lengths: list[int], heads: int, dim: int, repeats: int) -
                     "density": entries / float(length * length),
                 }
                 try:
-                    case.update(
-                        _measure_attention(backend, mask, (1, heads, length, dim), dtype, flops, repeats)
-                    )
+                    timings, out = _measure_attention(backend, mask, inputs, flops, repeats)
+                    case.update(timings)
                     if peak:
                         case["forward_fraction_of_peak"] = case["forward_tflops"] / peak
+                    if reference is None:
+                        reference, case["reference"] = out, True
+                    else:
+                        case["max_abs_error_vs_reference"] = float(
+                            (out.float() - reference.float()).abs().max()
+                        )
+                    del out
                 except BackendUnsupported as err:
                     case["unsupported"] = str(err)
                 except torch.cuda.OutOfMemoryError:
                     case["unsupported"] = "out of GPU memory"
+                except Exception as err:  # a failing backend must not lose the other measurements
+                    case["error"] = f"{type(err).__name__}: {err}"[:2000]
                 torch.cuda.empty_cache()
                 log.info("%s", case)
                 results.append(case)
+                if on_case is not None:
+                    on_case()
+            del inputs, reference
+            torch.cuda.empty_cache()
     return results
 
 
@@ -135,6 +176,11 @@ def bench_linear(lengths: list[int], heads: int, dim: int, repeats: int) -> list
                 for _ in range(2)
             )
             v = torch.randn(1, heads, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+            with torch.no_grad():  # float64 reference for the accuracy column
+                reference = [
+                    t.double()
+                    for t in torch_parts(q.double(), k.double(), v.double(), causal=causal, chunk_size=64)
+                ]
             for name, fn in (("triton", triton_parts), ("torch_chunked", torch_parts)):
                 case: dict[str, Any] = {
                     "kernel": "linear_attention_parts",
@@ -152,6 +198,11 @@ def bench_linear(lengths: list[int], heads: int, dim: int, repeats: int) -> list
                     (numerator.float().sum() + denominator.float().sum()).backward()
 
                 try:
+                    with torch.no_grad():
+                        case["max_relative_error_vs_float64"] = max(
+                            float((got.double() - want).abs().max() / want.abs().max())
+                            for got, want in zip(forward(), reference)
+                        )
                     torch.cuda.reset_peak_memory_stats()
                     case["forward_ms"] = _time(forward, repeats) * 1e3
                     case["forward_backward_ms"] = _time(forward_backward, repeats) * 1e3
@@ -221,26 +272,134 @@ def _small_params(mask: Any) -> dict[str, int]:
     return small
 
 
+def markdown_tables(report: dict[str, Any]) -> str:
+    """README-style tables of a ``kernels_cuda.json`` report: per pattern and length, forward and
+    forward+backward milliseconds of each backend, the Triton kernel's speed-up over SDPA with a
+    dense mask and its time relative to FlexAttention, and its TFLOP/s; then the linear kernel."""
+    peak = report.get("peak_tflops")
+    cases: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for case in report.get("block_sparse", []):
+        cases.setdefault((case["pattern"], case["shape"][2]), {})[case["backend"]] = case
+    lines = [
+        f"Machine: {report['machine'].get('gpu', '?')}, torch {report['machine'].get('torch', '?')}; "
+        "B = 1, H = 16, D = 64, bf16; milliseconds (median of 10). "
+        "Speed-up = SDPA (dense mask) time / Triton time; vs Flex = Triton time / FlexAttention time (< 1: Triton faster).",
+        "",
+        "| pattern | length | SDPA fwd | Flex fwd | Triton fwd | speed-up | vs Flex | SDPA f+b | Flex f+b | Triton f+b "
+        "| speed-up | vs Flex | Triton TFLOP/s (fwd) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ms(case: dict[str, Any] | None, key: str) -> str:
+        return f"{case[key]:.3f}" if case and key in case else "–"
+
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str, fmt: str) -> str:
+        return format(a[key] / b[key], fmt) if a and b and key in a and key in b else "–"
+
+    for (pattern, length), by in sorted(cases.items(), key=lambda item: (item[0][0], item[0][1])):
+        sdpa, flex, triton_case = by.get("sdpa"), by.get("flex"), by.get("triton")
+        tflops = "–"
+        if triton_case and "forward_tflops" in triton_case:
+            tflops = f"{triton_case['forward_tflops']:.0f}"
+            if peak:
+                tflops += f" ({100 * triton_case['forward_tflops'] / peak:.0f} % of {peak:.0f})"
+        lines.append(
+            f"| {pattern} | {length} | {ms(sdpa, 'forward_ms')} | {ms(flex, 'forward_ms')} | "
+            f"{ms(triton_case, 'forward_ms')} | {ratio(sdpa, triton_case, 'forward_ms', '.1f')}x | "
+            f"{ratio(triton_case, flex, 'forward_ms', '.2f')} | {ms(sdpa, 'forward_backward_ms')} | "
+            f"{ms(flex, 'forward_backward_ms')} | {ms(triton_case, 'forward_backward_ms')} | "
+            f"{ratio(sdpa, triton_case, 'forward_backward_ms', '.1f')}x | "
+            f"{ratio(triton_case, flex, 'forward_backward_ms', '.2f')} | {tflops} |"
+        )
+    linear: dict[tuple[int, bool], dict[str, dict[str, Any]]] = {}
+    for case in report.get("linear", []):
+        linear.setdefault((case["shape"][2], case["causal"]), {})[case["backend"]] = case
+    if linear:
+        lines += [
+            "",
+            "| linear attention | length | PyTorch chunked fwd | Triton fwd | PyTorch f+b | Triton f+b |",
+            "|---|---|---|---|---|---|",
+        ]
+        for (length, causal), by in sorted(linear.items()):
+            torch_case, triton_case = by.get("torch_chunked"), by.get("triton")
+            lines.append(
+                f"| {'causal' if causal else 'non-causal'} | {length} | {ms(torch_case, 'forward_ms')} | "
+                f"{ms(triton_case, 'forward_ms')} | {ms(torch_case, 'forward_backward_ms')} | "
+                f"{ms(triton_case, 'forward_backward_ms')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536])
+    parser.add_argument(
+        "--linear-lengths",
+        type=int,
+        nargs="+",
+        default=None,
+        help="lengths for the linear-attention kernel (default: --lengths)",
+    )
+    parser.add_argument("--patterns", nargs="+", default=None, help="subset of: " + ", ".join(_patterns()))
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--name", default=None, help="output file name (default kernels_<cuda|cpu>.json)")
+    parser.add_argument(
+        "--summarise",
+        type=Path,
+        default=None,
+        help="only write the markdown tables of this JSON report (no GPU needed)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.summarise is not None:
+        report = json.loads(args.summarise.read_text())
+        target = args.summarise.with_suffix(".md")
+        target.write_text(markdown_tables(report))
+        log.info("wrote %s", target)
+        return
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / (args.name or f"kernels_{'cuda' if cuda else 'cpu'}.json")
     report: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+
+    def save() -> None:  # after every case, so a run stopped at a time limit keeps what it measured
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
     if cuda:
+        # FlexAttention compiles once per (mask, shape): allow more than dynamo's default 8 recompiles,
+        # or later cases silently fall back to eager (materialised) FlexAttention.
+        from torch._dynamo import config as dynamo_config
+
+        for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+            if hasattr(dynamo_config, knob):
+                setattr(dynamo_config, knob, max(256, getattr(dynamo_config, knob)))
         report["peak_tflops"] = _peak(torch.cuda.get_device_name())
-        report["block_sparse"] = bench_block_sparse(args.lengths, args.heads, args.dim, args.repeats)
-        report["linear"] = bench_linear(args.lengths, args.heads, args.dim, args.repeats)
+        report["block_sparse"] = []
+        report["linear"] = []
+        if args.backends:
+            bench_block_sparse(
+                args.lengths,
+                args.heads,
+                args.dim,
+                args.repeats,
+                args.patterns,
+                tuple(args.backends),
+                save,
+                report["block_sparse"],
+            )
+        save()
+        report["linear"] = bench_linear(
+            args.linear_lengths or args.lengths, args.heads, args.dim, args.repeats
+        )
     else:
         report["note"] = (
             "no GPU: the Triton kernels ran in the interpreter (TRITON_INTERPRET=1) on correctness-scale "
@@ -249,9 +408,9 @@ def main() -> None:
         )
         log.warning("%s", report["note"])
         report["interpreted_checks"] = check_interpreted()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"kernels_{'cuda' if cuda else 'cpu'}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    save()
+    if cuda:
+        path.with_suffix(".md").write_text(markdown_tables(report))
     log.info("wrote %s", path)
 
 

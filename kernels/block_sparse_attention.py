@@ -35,6 +35,7 @@ Reference it must match: ``shared_attention.backends.math.math_attention``, i.e.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -330,6 +331,7 @@ def _fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     PRECISION: tl.constexpr,
+    SKIP_FULL: tl.constexpr,
 ):
     qb = tl.program_id(0)
     bh = tl.program_id(1)
@@ -364,8 +366,14 @@ def _fwd_kernel(
             other=0.0,
         )
         scores = tl.dot(q, k_t, input_precision=PRECISION) * qk_scale
-        allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
-        scores = tl.where(allowed, scores, float("-inf"))
+        if SKIP_FULL:
+            # full in-range blocks need no element mask: skip its load and select
+            if (tile >= 0) | ((kb + 1) * BLOCK_N > k_len):
+                allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
+                scores = tl.where(allowed, scores, float("-inf"))
+        else:
+            allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
+            scores = tl.where(allowed, scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(scores - m_safe[:, None])
@@ -434,6 +442,7 @@ def _bwd_dq_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     PRECISION: tl.constexpr,
+    SKIP_FULL: tl.constexpr,
 ):
     qb = tl.program_id(0)
     bh = tl.program_id(1)
@@ -486,8 +495,14 @@ def _bwd_dq_kernel(
             other=0.0,
         )
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
-        p = tl.exp2(tl.where(allowed, scores, float("-inf")) - lse[:, None])
+        if SKIP_FULL:
+            if (tile >= 0) | ((kb + 1) * BLOCK_N > k_len):
+                allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
+                scores = tl.where(allowed, scores, float("-inf"))
+        else:
+            allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
+            scores = tl.where(allowed, scores, float("-inf"))
+        p = tl.exp2(scores - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -551,6 +566,7 @@ def _bwd_dkdv_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     PRECISION: tl.constexpr,
+    SKIP_FULL: tl.constexpr,
 ):
     kb = tl.program_id(0)
     bhkv = tl.program_id(1)
@@ -606,8 +622,16 @@ def _bwd_dkdv_kernel(
             lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=float("inf"))
             delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
             scores_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
-            allowed_t = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, True)
-            p_t = tl.exp2(tl.where(allowed_t, scores_t, float("-inf")) - lse[None, :])
+            if SKIP_FULL:
+                if (tile >= 0) | ((qb + 1) * BLOCK_M > q_len) | ((kb + 1) * BLOCK_N > k_len):
+                    allowed_t = _tile_allowed(
+                        tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, True
+                    )
+                    scores_t = tl.where(allowed_t, scores_t, float("-inf"))
+            else:
+                allowed_t = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, True)
+                scores_t = tl.where(allowed_t, scores_t, float("-inf"))
+            p_t = tl.exp2(scores_t - lse[None, :])
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
@@ -639,10 +663,38 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _launch_options(head_dim: int, device: torch.device) -> dict[str, int]:
+# Full blocks skip the element-mask select; launch_config(forward={"SKIP_FULL": False}) turns it off.
+SKIP_FULL_DEFAULT = True
+# Per-pass launch overrides ("forward", "backward") set by :func:`launch_config` (tuning runs).
+_LAUNCH_OVERRIDES: dict[str, dict[str, int]] = {}
+
+
+@contextlib.contextmanager
+def launch_config(forward: dict[str, int] | None = None, backward: dict[str, int] | None = None):
+    """Run the kernels with other ``num_warps`` / ``num_stages`` (GPU only), e.g. to tune them:
+    ``with launch_config(forward={"num_warps": 8, "num_stages": 3}): ...``."""
+    saved = dict(_LAUNCH_OVERRIDES)
+    for name, options in (("forward", forward), ("backward", backward)):
+        if options:
+            _LAUNCH_OVERRIDES[name] = dict(options)
+    try:
+        yield
+    finally:
+        _LAUNCH_OVERRIDES.clear()
+        _LAUNCH_OVERRIDES.update(saved)
+
+
+def _launch_options(head_dim: int, device: torch.device, kind: str = "forward") -> dict[str, int]:
     if device.type == "cpu":
         return {}
-    return {"num_warps": 4 if head_dim <= 64 else 8, "num_stages": 2}
+    options = {"num_warps": 4 if head_dim <= 64 else 8, "num_stages": 2}
+    options.update({k: v for k, v in _LAUNCH_OVERRIDES.get(kind, {}).items() if k != "SKIP_FULL"})
+    return options
+
+
+def _skip_full(kind: str) -> bool:
+    """Whether full blocks skip the element-mask select (a scalar branch per block)."""
+    return bool(_LAUNCH_OVERRIDES.get(kind, {}).get("SKIP_FULL", SKIP_FULL_DEFAULT))
 
 
 def _mask_strides(index: BlockIndex, n_blocks: int) -> tuple[int, int]:
@@ -698,6 +750,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, index: BlockIndex, scale: float) -
         BLOCK_D=max(16, triton.next_power_of_2(D)),
         BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
         PRECISION=_precision(q.dtype),
+        SKIP_FULL=_skip_full("forward"),
         **_launch_options(max(D, Dv), q.device),
     )
     return out, lse
@@ -726,7 +779,8 @@ def _backward(
         "BLOCK_D": max(16, triton.next_power_of_2(D)),
         "BLOCK_DV": max(16, triton.next_power_of_2(Dv)),
         "PRECISION": _precision(q.dtype),
-        **_launch_options(max(D, Dv), q.device),
+        "SKIP_FULL": _skip_full("backward"),
+        **_launch_options(max(D, Dv), q.device, "backward"),
     }
     qk_scale = scale * _LOG2E
     b_stride, h_stride = _mask_strides(index, index.n_q_blocks)

@@ -19,6 +19,7 @@ identity, so do not modify their tensors in place after use.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -162,13 +163,41 @@ class MaskSpec:
         return _cached((self, "safe_dense", gb, gh, Lq, Lk, device), build, gb, gh, Lq, Lk)
 
     def mask_mod(self, device: torch.device | str | None = None) -> MaskMod:
-        """FlexAttention mask_mod ``(b, h, q_idx, kv_idx) -> bool``; held tensors moved to ``device``."""
+        """FlexAttention mask_mod ``(b, h, q_idx, kv_idx) -> bool``; held tensors moved to ``device``.
+
+        The tensors are moved here, once, not inside the returned function: a device copy inside a
+        mask_mod cannot be compiled by FlexAttention's CUDA kernels.
+        """
         dev = torch.device(device) if device is not None else torch.device("cpu")
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        spec = self._moved_to(dev)
 
         def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-            return self._allowed(b, h, q_idx, kv_idx, dev)
+            return spec._allowed(b, h, q_idx, kv_idx, dev)
 
         return mask_mod
+
+    def _moved_to(self, device: torch.device) -> MaskSpec:
+        """A shallow copy whose held tensors (fields and derived ones) live on ``device``; ``self``
+        when they already do."""
+        moved: MaskSpec | None = None
+        for name, value in vars(self).items():
+            new = value
+            if isinstance(value, Tensor) and value.device != device:
+                new = value.to(device)
+            elif isinstance(value, MaskSpec):
+                new = value._moved_to(device)
+            elif isinstance(value, tuple) and any(isinstance(item, MaskSpec) for item in value):
+                items = tuple(
+                    item._moved_to(device) if isinstance(item, MaskSpec) else item for item in value
+                )
+                new = value if all(a is b for a, b in zip(items, value)) else items
+            if new is not value:
+                if moved is None:
+                    moved = copy.copy(self)
+                object.__setattr__(moved, name, new)
+        return self if moved is None else moved
 
     def to_block_layout(self, Lq: int, Lk: int, block_size: int, *, num_heads: int = 1) -> Tensor:
         """Bool ``(H or 1, ceil(Lq/bs), ceil(Lk/bs))``: blocks holding any allowed entry.

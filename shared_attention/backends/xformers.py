@@ -27,6 +27,19 @@ def _import_error() -> str | None:
     return None
 
 
+@functools.cache
+def _operator_error(dtype: torch.dtype) -> str | None:
+    """Whether xformers has a CUDA operator for ``dtype`` here: a wheel built for another Python or
+    torch (or without CUDA) imports fine but has no operator, which would only show at run time."""
+    x = torch.zeros(1, 8, 1, 16, device="cuda", dtype=dtype)
+    try:
+        _xformers_ops().memory_efficient_attention(x, x, x)
+    except (NotImplementedError, RuntimeError) as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        return f"xformers has no CUDA operator for {dtype} here ({first.strip()})"
+    return None
+
+
 class XformersBackend(Backend):
     """xformers memory-efficient attention in the ``(B, L, H, D)`` layout.
 
@@ -52,6 +65,9 @@ class XformersBackend(Backend):
                 f"xformers kernels need head dims that are multiples of 8 (got {call.head_dim}, "
                 f"{call.v_head_dim})"
             )
+        operator_error = _operator_error(call.dtype)
+        if operator_error is not None:
+            return no(operator_error)
         return YES
 
     def run(self, q, k, v, mask, scale, dropout_p, need_weights):

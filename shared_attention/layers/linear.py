@@ -71,6 +71,16 @@ def _check_parts_inputs(q_feat: Tensor, k_feat: Tensor, v: Tensor, causal: bool,
         raise ValueError(f"linear_attention_parts: chunk_size must be a positive int, got {chunk_size!r}")
 
 
+def _exclusive_cumsum(x: Tensor, dim: int) -> Tensor:
+    """Sum of the entries before each one along ``dim``, accumulated in float32 at least (a
+    half-precision running sum stops growing once the sum dwarfs each term), in ``x``'s dtype."""
+    total = torch.cumsum(x, dim=dim, dtype=torch.promote_types(x.dtype, torch.float32))
+    total = torch.cat(
+        [torch.zeros_like(total.narrow(dim, 0, 1)), total.narrow(dim, 0, x.shape[dim] - 1)], dim
+    )
+    return total.to(x.dtype)
+
+
 def linear_attention_parts(
     q_feat: Tensor, k_feat: Tensor, v: Tensor, *, causal: bool = False, chunk_size: int = 64
 ) -> tuple[Tensor, Tensor]:
@@ -107,8 +117,8 @@ def linear_attention_parts(
     intra = (qc @ kc.transpose(-2, -1)).masked_fill(~tril, 0.0)
     chunk_state = kc.transpose(-2, -1) @ vc
     chunk_ksum = kc.sum(dim=-2)
-    prior_state = torch.cumsum(chunk_state, dim=2) - chunk_state
-    prior_ksum = torch.cumsum(chunk_ksum, dim=2) - chunk_ksum
+    prior_state = _exclusive_cumsum(chunk_state, dim=2)
+    prior_ksum = _exclusive_cumsum(chunk_ksum, dim=2)
     numerator = intra @ vc + qc @ prior_state
     denominator = intra.sum(dim=-1) + (qc * prior_ksum.unsqueeze(-2)).sum(dim=-1)
     numerator = numerator.reshape(B, H, n * chunk_size, Dv)[:, :, :L]

@@ -133,6 +133,23 @@ def test_fully_masked_rows_are_zero_with_zero_gradients():
     torch.testing.assert_close(out, attention(q, k, v, mask=mask, backend="math"), atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mask", [SlidingWindow(9), KeyPadding(torch.tensor([37, 20]))], ids=["window", "padding"])
+def test_full_block_branch_matches_always_masking(mask):
+    """Skipping the element mask on full blocks (the default) equals masking every block, also
+    with a ragged last key block (37 keys, blocks of 16) and padded batch rows."""
+    from kernels.block_sparse_attention import launch_config
+
+    q, k, v = random_inputs((2, 2, 37, 16), (2, 2, 37, 16), (2, 2, 37, 16), device=DEVICE, seed=12)
+    out = _run_kernel(q, k, v, mask)
+    grads = grads_of([out], (q, k, v))
+    with launch_config(forward={"SKIP_FULL": False}, backward={"SKIP_FULL": False}):
+        always = _run_kernel(q, k, v, mask)
+        always_grads = grads_of([always], (q, k, v))
+    torch.testing.assert_close(out, always, atol=1e-6, rtol=1e-5)
+    for got, want in zip(grads, always_grads):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
 def test_float16_matches_math():
     q, k, v = random_inputs(
         (1, 2, 40, 16), (1, 2, 40, 16), (1, 2, 40, 16), device=DEVICE, dtype=torch.float16, seed=6

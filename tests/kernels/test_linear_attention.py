@@ -155,3 +155,18 @@ def test_gpu_matches_reference(dtype, causal):
     _assert_parts_close(tuple(p.float() for p in parts), reference, rtol=tolerance)
     grads = grads_of(parts, (q, k, v))
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("segments", [1, 2, 4, 100])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_any_segment_split_gives_the_same_sums(segments, causal):
+    """Segments run in parallel from prefix (causal) or total (non-causal) states: every split,
+    including one segment per chunk and more segments than chunks, matches the reference."""
+    from kernels.linear_attention import LinearAttentionFunction
+
+    Lk = 70 if causal else 45
+    q, k, v = _inputs(1, 2, 70, Lk, 8, 24, seed=segments)
+    parts = LinearAttentionFunction.apply(q, k, v, causal, 16, 16, segments)
+    reference = quadratic_parts(q, k, v, causal)
+    _assert_parts_close(parts, reference)
+    _assert_parts_close(grads_of(parts, (q, k, v)), grads_of(reference, (q, k, v)))
