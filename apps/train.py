@@ -91,7 +91,16 @@ def fit_and_test(
 
     results: dict[str, Any] = {"monitor": cfg.app.monitor}
     if cfg.train:
+        started, first_step = time.perf_counter(), trainer.global_step
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        fit_seconds = time.perf_counter() - started
+        steps = trainer.global_step - first_step
+        # wall time of fit (validation and start-up included) per optimiser step: the speed column of sweeps
+        results["timing"] = {
+            "fit_seconds": fit_seconds,
+            "train_steps": steps,
+            "ms_per_step": 1e3 * fit_seconds / steps if steps else None,
+        }
         results["fit"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         checkpoint = trainer.checkpoint_callback
         best_score = getattr(checkpoint, "best_model_score", None)

@@ -2,7 +2,7 @@
 NAME=RUN_OR_SWEEP_DIR ...`` (``python -m apps.absa.summary`` has the ABSA columns as default).
 
 Every folder given (or found below it) with a ``metrics.json`` is one run; its ``test`` metrics are
-read (``test/<column>``). A PSSA run (``rounds`` in its metrics) contributes two rows, its base model
+read (``test/<column>``), and its fit timing as ``timing/fit_seconds``, ``timing/ms_per_step``. A PSSA run (``rounds`` in its metrics) contributes two rows, its base model
 (round 1, ``base_test``) and the model after PSSA (``test``). ``--by app.model.attention`` splits the
 runs of a group by that key of each run's ``config.yaml`` (a sweep over variants and seeds gives one
 line per variant). Prints a Markdown table and, with ``--json``, writes the numbers too.
@@ -21,12 +21,20 @@ ABSA_COLUMNS = ("acc", "macro_f1", "acc_rare", "acc_medium", "acc_frequent", "ac
 
 
 def config_value(run: Path, key: str) -> str:
-    """``key`` (dotted) of the run's resolved ``config.yaml``."""
+    """``key`` (dotted) of the run's resolved ``config.yaml``, else the value of a command-line
+    override ``key=value`` (``.hydra/overrides.yaml``): config-group choices such as ``attention``."""
     from omegaconf import OmegaConf
 
     value = OmegaConf.select(OmegaConf.load(run / "config.yaml"), key)
+    if value is None or isinstance(value, (dict, list)) or OmegaConf.is_config(value):
+        overrides = run / ".hydra" / "overrides.yaml"
+        if overrides.is_file():
+            for item in OmegaConf.load(overrides):
+                name, _, chosen = str(item).partition("=")
+                if name.lstrip("+~") == key:
+                    return chosen
     if value is None:
-        raise KeyError(f"{run / 'config.yaml'}: no key {key!r}")
+        raise KeyError(f"{run / 'config.yaml'}: no key {key!r} (nor a {key}= override)")
     return str(value)
 
 
@@ -45,7 +53,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 def rows_of_run(run: Path, name: str | None, by: str | None = None) -> list[tuple[str, dict[str, float]]]:
     metrics = json.loads((run / "metrics.json").read_text())
-    test = metrics.get("test") or {}
+    timing = {f"timing/{k}": v for k, v in (metrics.get("timing") or {}).items() if v is not None}
+    test = {**(metrics.get("test") or {}), **timing}
     label = name or run.name
     if by is not None:
         label = f"{label}: {by.rsplit('.', 1)[-1]}={config_value(run, by)}"
@@ -72,7 +81,7 @@ def summarise(
             for row, test in rows_of_run(run, name, by):
                 counts[row] += 1
                 for column in columns:
-                    value = test.get(f"test/{column}")
+                    value = test.get(f"test/{column}", test.get(column))
                     if value is not None and not math.isnan(value):
                         collected[row][column].append(float(value))
     return {

@@ -56,6 +56,9 @@ def test_smoke_run_writes_config_revision_metrics_and_checkpoint(smoke_run: Path
     assert metrics["monitor"] == "val/exact"
     assert 0.0 <= metrics["monitored"] <= 1.0
     assert "test/exact" in metrics["test"]
+    timing = metrics["timing"]
+    assert timing["train_steps"] > 0 and timing["fit_seconds"] > 0
+    assert timing["ms_per_step"] == pytest.approx(1e3 * timing["fit_seconds"] / timing["train_steps"])
     assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
     checkpoint = load_checkpoint(smoke_run / "checkpoints" / "last.ckpt")
     assert checkpoint["model_config"]["_target_"] == "apps.ptrnet.model.PointerNet"

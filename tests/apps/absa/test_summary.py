@@ -53,3 +53,24 @@ def test_summary_splits_a_sweep_by_a_config_key(tmp_path: Path, capsys):
         "| bmn: attention=none | 2 | 51.000 ± 1.414 |" in out
         and "| bmn: attention=csa | 2 | 61.000 ± 1.414 |" in out
     )
+
+
+def test_summary_splits_by_a_group_choice_and_reads_fit_timing(tmp_path: Path, capsys):
+    """`--by attention` finds the choice in the run's command-line overrides (config.yaml holds the
+    instantiated group, not its name); `timing/ms_per_step` comes from the fit timing."""
+    sweep = tmp_path / "sweep"
+    for job, (attention, exact, ms) in enumerate(
+        [("softmax", 0.5, 200.0), ("linear", 0.4, 100.0), ("softmax", 0.7, 220.0)]
+    ):
+        folder = sweep / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        metrics = {"test": {"test/exact": exact}, "timing": {"ms_per_step": ms, "fit_seconds": 1.0}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "config.yaml").write_text("attention:\n  _target_: shared_attention.MultiHeadAttention\n")
+        (folder / ".hydra" / "overrides.yaml").write_text(
+            f"- app=ptrnet\n- attention={attention}\n- seed={job}\n"
+        )
+    main([f"hull={sweep}", "--columns", "exact,timing/ms_per_step", "--by", "attention"])
+    out = capsys.readouterr().out
+    assert "| hull: attention=softmax | 2 | 0.600 ± 0.141 | 210.000 ± 14.142 |" in out
+    assert "| hull: attention=linear | 1 | 0.400 | 100.000 |" in out
