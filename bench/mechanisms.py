@@ -62,6 +62,8 @@ MECHANISMS: dict[str, Factory] = {
     "deconstruct_cosine": lambda e, h, n: DeconstructedAttention(
         e, h, variant="similarity", similarity="cosine"
     ),
+    # queries/keys from the recorded first-layer input (a layer built alone records its own input)
+    "deconstruct_static": lambda e, h, n: DeconstructedAttention(e, h, variant="static_qk"),
     "window": lambda e, h, n: SparsePatternAttention(e, h, pattern=SlidingWindow(256)),
     "sink_window": lambda e, h, n: SparsePatternAttention(e, h, pattern=SinkWindow(4, 252)),
     "power": lambda e, h, n: SparsePatternAttention(
