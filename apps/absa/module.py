@@ -32,7 +32,7 @@ from apps.common.module import BaseModule
 
 log = logging.getLogger(__name__)
 
-ADVERSARIAL = ("none", "at", "iat")
+ADVERSARIAL = ("none", "at", "iat", "iat_official")
 BUCKETS = (*[name for name, _ in FREQUENCY_BUCKETS], FREQUENT, NO_OPINION)
 
 
@@ -73,13 +73,24 @@ def iat_perturbation(scores: Tensor, grad: Tensor, context: Tensor, epsilon: flo
     return torch.einsum("ij,ijl->il", w, directions)
 
 
+def iat_official_perturbation(grad: Tensor, context: Tensor, epsilon: float) -> Tensor:
+    """iAT as the authors' released code computes it (``adversarial=iat_official``), kept for
+    comparison: ``-ε · g / ‖g‖``, the normalised *descent* direction of the loss over every context
+    word. The released code builds the other sentences' directions but only as a zero-valued term
+    whose gradient equals the scores' gradient, so the perturbation is neither restricted to those
+    directions (as the paper's iAT is, :func:`iat_perturbation`) nor adversarial in sign.
+    ``grad, context (B, L)``."""
+    return -epsilon * _unit(grad, context)
+
+
 class ABSAModule(BaseModule):
     """Training and evaluation of an ABSA model.
 
     Args:
         pssa_lambda: weight of the PSSA attention regulariser (0 outside PSSA's final stage; the
             PSSA runner sets it, 0.1 by default and 0.5 for restaurants as in the official code).
-        adversarial: ``none``, ``at`` or ``iat`` (perturbations on the attention scores).
+        adversarial: ``none``, ``at``, ``iat`` (the paper's definition) or ``iat_official`` (the
+            released code's variant), perturbations on the attention scores.
         adv_epsilon: perturbation norm ε.
         adv_lambda: weight of the adversarial loss.
         word_vectors: initial word embeddings at the start of training: a local GloVe-style text file
@@ -180,6 +191,8 @@ class ABSAModule(BaseModule):
             )
             if self.adversarial == "at":
                 perturbation = at_perturbation(grad, context, self.adv_epsilon)
+            elif self.adversarial == "iat_official":
+                perturbation = iat_official_perturbation(grad, context, self.adv_epsilon)
             else:
                 perturbation = iat_perturbation(scores.detach(), grad, context, self.adv_epsilon)
             adv_logits, _, _ = self._forward(batch, perturbation.detach())

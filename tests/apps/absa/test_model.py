@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from apps.absa.model import MemoryNetwork, TNetATT, aspect_distance, span_masks
-from apps.absa.module import at_perturbation, iat_perturbation, pssa_regulariser
+from apps.absa.module import at_perturbation, iat_official_perturbation, iat_perturbation, pssa_regulariser
 from apps.common.export import export_graphs
 from shared_attention import MultiHeadAttention
 
@@ -152,6 +152,11 @@ def test_at_and_iat_perturbations():
         torch.testing.assert_close(directions.T @ solution, r[i], atol=1e-5, rtol=1e-4)
         assert (r[i] * grad[i]).sum() > 0
     assert (iat_perturbation(scores[:1], grad[:1], context[:1], 1.0) == 0).all()
+    # the released code's variant: the normalised descent direction over the context words
+    official = iat_official_perturbation(grad, context, epsilon=1.0)
+    assert (official[0, 4:] == 0).all() and ((official * grad).sum(dim=1) < 0).all()
+    torch.testing.assert_close(official.norm(dim=1), torch.ones(5))
+    torch.testing.assert_close(official, -at_perturbation(grad, context, epsilon=1.0))
 
 
 def test_pretrained_model_pieces_attention_importance_and_torchscript(tiny_encoder, tmp_path):
