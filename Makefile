@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSDEPS := $(VENV)/.system-packages
-# Debian packages the apps read at run time (WordNet for KeNet's knowledge retriever).
-SYSTEM_PACKAGES := wordnet-base
+# Debian packages the apps read at run time (WordNet for KeNet's knowledge retriever, espeak-ng for
+# the HuBERTopic speech corpus).
+SYSTEM_PACKAGES := wordnet-base espeak-ng
 APP ?= ptrnet
 ARGS ?=
 CKPT ?=

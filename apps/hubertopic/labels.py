@@ -1,0 +1,186 @@
+"""Pseudo-labels (k-means units) and topic labels (LDA over unit documents) per utterance.
+
+Iteration 1 clusters MFCC + Δ + ΔΔ frames (10 ms hop) with MiniBatchKMeans (`K = 100` by default);
+iteration 2 clusters the features of one transformer layer of the iteration-1 model (20 ms hop,
+`K = 500`). Labels are stored at their own hop and resampled to the model's 20 ms frames by
+`audio.align_labels` when a batch is built.
+
+HuBERTopic (Maekaku et al., 2023) turns each utterance into a document whose words are its units,
+with consecutive repeats collapsed (`5 5 5 9 9 2` → `5 9 2`) and optional n-grams, fits LDA with
+`T` topics on these documents, and uses each utterance's topic distribution `θ_u` as a teacher:
+hard targets `argmax_t θ_u,t`, or soft targets `θ_u`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.decomposition import LatentDirichletAllocation
+from tqdm import tqdm
+
+from apps.common.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnitLabels:
+    """Frame labels per utterance id, at `hop` samples per label, over `num_classes` units."""
+
+    labels: dict[str, np.ndarray]
+    hop: int
+    num_classes: int
+
+    def save(self, path: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{f"u:{k}": v.astype(np.int32) for k, v in self.labels.items()})
+        data = buffer.getvalue()
+        atomic_write(path, lambda handle: handle.write(data))
+        write_json(path.with_suffix(".json"), {"hop": self.hop, "num_classes": self.num_classes})
+
+    @classmethod
+    def load(cls, path: Path) -> UnitLabels:
+        info = json.loads(path.with_suffix(".json").read_text())
+        with np.load(path) as archive:
+            labels = {key[2:]: archive[key].astype(np.int64) for key in archive.files}
+        return cls(labels, int(info["hop"]), int(info["num_classes"]))
+
+
+def fit_units(
+    features: dict[str, np.ndarray],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    max_fit_frames: int = 200_000,
+    batch_size: int = 10_000,
+) -> dict[str, np.ndarray]:
+    """MiniBatchKMeans on frames `(F_u, D)` of all utterances (a random subset of at most
+    `max_fit_frames` for fitting) → the nearest centroid of every frame, per utterance."""
+    stacked = np.concatenate([f for f in features.values()], axis=0).astype(np.float32)
+    if len(stacked) < num_classes:
+        raise ValueError(f"k-means with K={num_classes} needs at least K frames, got {len(stacked)}")
+    rng = np.random.default_rng(seed)
+    fit_rows = (
+        stacked if len(stacked) <= max_fit_frames else stacked[rng.choice(len(stacked), max_fit_frames)]
+    )
+    kmeans = MiniBatchKMeans(
+        n_clusters=num_classes, batch_size=batch_size, random_state=seed, n_init=3, max_iter=100
+    ).fit(fit_rows)
+    log.info(
+        "k-means K=%d on %d frames: inertia per frame %.3f",
+        num_classes,
+        len(fit_rows),
+        kmeans.inertia_ / len(fit_rows),
+    )
+    return {utt: kmeans.predict(f.astype(np.float32)).astype(np.int64) for utt, f in features.items()}
+
+
+def compute_features(
+    utt_ids: Sequence[str], featurize: Callable[[str], np.ndarray], desc: str
+) -> dict[str, np.ndarray]:
+    return {utt: featurize(utt) for utt in tqdm(utt_ids, desc=desc, unit="utt")}
+
+
+def unit_document(units: np.ndarray, ngram: int = 1) -> list[str]:
+    """Words of an utterance's document: units with consecutive repeats collapsed, plus n-grams
+    up to `ngram` (`"5_9"` for the bigram 5 → 9)."""
+    units = np.asarray(units)
+    if units.size == 0:
+        return []
+    keep = np.ones(len(units), dtype=bool)
+    keep[1:] = units[1:] != units[:-1]
+    collapsed = [str(u) for u in units[keep]]
+    words = list(collapsed)
+    for n in range(2, ngram + 1):
+        words += ["_".join(collapsed[i : i + n]) for i in range(len(collapsed) - n + 1)]
+    return words
+
+
+@dataclass
+class Topics:
+    """LDA topic distributions `theta (N, T)` of utterances `utt_ids` and their hard labels."""
+
+    utt_ids: list[str]
+    theta: np.ndarray
+    perplexity: float
+
+    @property
+    def hard(self) -> np.ndarray:
+        return self.theta.argmax(axis=1)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {utt: row for utt, row in zip(self.utt_ids, self.theta)}
+
+    def save(self, path: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, utt_ids=np.array(self.utt_ids), theta=self.theta.astype(np.float32))
+        data = buffer.getvalue()
+        atomic_write(path, lambda handle: handle.write(data))
+        write_json(
+            path.with_suffix(".json"),
+            {
+                "num_topics": int(self.theta.shape[1]),
+                "perplexity": self.perplexity,
+                "topic_sizes": np.bincount(self.hard, minlength=self.theta.shape[1]).tolist(),
+            },
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Topics:
+        info = json.loads(path.with_suffix(".json").read_text())
+        with np.load(path) as archive:
+            return cls(
+                [str(u) for u in archive["utt_ids"]], archive["theta"].astype(np.float64), info["perplexity"]
+            )
+
+
+def fit_topics(
+    units: dict[str, np.ndarray],
+    num_topics: int,
+    *,
+    ngram: int = 1,
+    min_count: int = 1,
+    seed: int = 0,
+    max_iter: int = 50,
+) -> Topics:
+    """LDA with `num_topics` topics over the unit documents of all utterances."""
+    utt_ids = sorted(units)
+    documents = [unit_document(units[u], ngram) for u in utt_ids]
+    counts: dict[str, int] = {}
+    for words in documents:
+        for word in words:
+            counts[word] = counts.get(word, 0) + 1
+    vocabulary = {w: i for i, w in enumerate(sorted(w for w, c in counts.items() if c >= min_count))}
+    rows, cols = [], []
+    for row, words in enumerate(documents):
+        for word in words:
+            if word in vocabulary:
+                rows.append(row)
+                cols.append(vocabulary[word])
+    matrix = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(documents), len(vocabulary))
+    )
+    matrix.sum_duplicates()
+    lda = LatentDirichletAllocation(
+        n_components=num_topics, learning_method="batch", max_iter=max_iter, random_state=seed
+    )
+    theta = lda.fit_transform(matrix)
+    # float32, as stored: a run that computes the topics and one that loads them see the same values
+    theta = (theta / theta.sum(axis=1, keepdims=True)).astype(np.float32).astype(np.float64)
+    perplexity = float(lda.perplexity(matrix))
+    log.info(
+        "LDA: %d documents, %d words, %d topics, perplexity %.1f",
+        len(documents),
+        len(vocabulary),
+        num_topics,
+        perplexity,
+    )
+    return Topics(utt_ids, theta, perplexity)

@@ -1,0 +1,252 @@
+"""HuBERT with HuBERTopic's auxiliary topic head (Maekaku et al., 2023), on torchaudio's HuBERT.
+
+The backbone is `torchaudio.models.hubert_pretrain_model` (convolutional front end, 20 ms frames;
+Transformer encoder; masked prediction over k-means units with cosine-similarity logits). The
+Transformer's self-attention is the swappable site: a factory from `conf/attention/` replaces
+torchaudio's modules with the core's layers, weights carried over
+(`shared_attention.swap_torchaudio`).
+
+Forward pass (training): waveform `(B, T)` → conv features `(B, F, C)` → projection, span masking
+(`mask_prob`, `mask_length`) → Transformer layers `h_1..h_N (B, F, D)`; the masked-prediction logits
+come from the last layer, and the topic head reads layer `topic_layer`:
+`z = Σ_f m_f h_f / Σ_f m_f` (mean over valid frames), `topic_logits = W z + b` `(B, T_topics)`.
+
+The frame loop mirrors `torchaudio`'s `HuBERTPretrainModel.forward` (which returns only the last
+layer) so that an intermediate layer is available to the head; it calls torchaudio's components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+from torchaudio.models.wav2vec2 import components
+
+from apps.common.export import ExportGraph
+from shared_attention.swap_torchaudio import swap_torchaudio_attention
+
+
+def conv_config(channels: int, layers: int = 7) -> list[tuple[int, int, int]]:
+    """wav2vec2's front end (kernel/stride 10/5, 4 × 3/2, 2 × 2/2: a 20 ms hop) with `channels` wide convs."""
+    spec = [(channels, 10, 5), *[(channels, 3, 2)] * 4, *[(channels, 2, 2)] * 2]
+    if layers != 7:
+        raise ValueError("the 20 ms frame rate of the pseudo-labels needs wav2vec2's 7 conv layers")
+    return spec
+
+
+class HuBERTopic(nn.Module):
+    """HuBERT pretraining model plus an utterance-level topic classifier.
+
+    Args:
+        num_classes: pseudo-label units `K` (k-means clusters).
+        num_topics: LDA topics (0: no topic head, plain HuBERT).
+        topic_layer: Transformer layer (1-based; negative counts from the end, -1 = last)
+            whose mean-pooled output feeds the topic head.
+        conv_channels, embed_dim, num_layers, num_heads, ff_dim: sizes (HuBERT Base: 512, 768, 12,
+            12, 3072; Large: 512, 1024, 24, 16, 4096 with `layer_norm_first`).
+        pos_conv_kernel, pos_conv_groups: convolutional positional embedding (Base: 128, 16).
+        final_dim: projection of the logit generator (Base: 256).
+        mask_prob, mask_length: span masking of frames (HuBERT: 0.8, 10).
+        attention: factory of our attention layer (`attention(embed_dim=, num_heads=, dropout=)`),
+            or None to keep torchaudio's.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 100,
+        num_topics: int = 0,
+        topic_layer: int = -1,
+        conv_channels: int = 128,
+        embed_dim: int = 128,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        ff_dim: int = 256,
+        pos_conv_kernel: int = 32,
+        pos_conv_groups: int = 8,
+        final_dim: int = 64,
+        extractor_mode: str = "group_norm",
+        layer_norm_first: bool = False,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        layer_drop: float = 0.0,
+        mask_prob: float = 0.8,
+        mask_length: int = 10,
+        feature_grad_mult: float | None = 0.1,
+        attention: Callable[..., nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_topics = num_topics
+        self.num_layers = num_layers
+        self.embed_dim = embed_dim
+        self.topic_layer = topic_layer if topic_layer > 0 else num_layers + topic_layer + 1
+        if not 1 <= self.topic_layer <= num_layers:
+            raise ValueError(f"topic_layer {topic_layer} is outside the {num_layers} Transformer layers")
+        self.hubert = torchaudio.models.hubert_pretrain_model(
+            extractor_mode=extractor_mode,
+            extractor_conv_layer_config=conv_config(conv_channels),
+            extractor_conv_bias=extractor_mode == "layer_norm",
+            encoder_embed_dim=embed_dim,
+            encoder_projection_dropout=dropout,
+            encoder_pos_conv_kernel=pos_conv_kernel,
+            encoder_pos_conv_groups=pos_conv_groups,
+            encoder_num_layers=num_layers,
+            encoder_num_heads=num_heads,
+            encoder_attention_dropout=attention_dropout,
+            encoder_ff_interm_features=ff_dim,
+            encoder_ff_interm_dropout=0.0,
+            encoder_dropout=dropout,
+            encoder_layer_norm_first=layer_norm_first,
+            encoder_layer_drop=layer_drop,
+            mask_prob=mask_prob,
+            mask_selection="static",
+            mask_other=0.0,
+            mask_length=mask_length,
+            no_mask_overlap=False,
+            mask_min_space=1,
+            mask_channel_prob=0.0,
+            mask_channel_selection="static",
+            mask_channel_other=0.0,
+            mask_channel_length=10,
+            no_mask_channel_overlap=False,
+            mask_channel_min_space=1,
+            skip_masked=False,
+            skip_nomask=False,
+            num_classes=num_classes,
+            final_dim=final_dim,
+            feature_grad_mult=feature_grad_mult,
+        )
+        self.swapped_attention = (
+            swap_torchaudio_attention(self.hubert, attention) if attention is not None else []
+        )
+        self.topic_head = nn.Linear(embed_dim, num_topics) if num_topics > 0 else None
+
+    # ------------------------------------------------------------------ shared pieces
+    def _front_end(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        x, frame_lengths = self.hubert.wav2vec2.feature_extractor(waveforms, lengths)
+        return x, frame_lengths
+
+    def _layers(self, x: Tensor, attention_mask: Tensor | None) -> list[Tensor]:
+        return transformer_layers(self.hubert.wav2vec2.encoder.transformer, x, attention_mask, self.training)
+
+    @staticmethod
+    def valid_frames(frame_lengths: Tensor | None, batch: int, frames: int, device: torch.device) -> Tensor:
+        """`(B, F)` bool, True on frames inside each utterance."""
+        if frame_lengths is None:
+            return torch.ones(batch, frames, dtype=torch.bool, device=device)
+        return torch.arange(frames, device=device)[None, :] < frame_lengths[:, None]
+
+    def pool(self, hidden: Tensor, valid: Tensor) -> Tensor:
+        """Mean over valid frames: `(B, F, D)`, `(B, F)` → `(B, D)`."""
+        weights = valid.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, waveforms: Tensor, labels: Tensor, lengths: Tensor | None = None) -> dict[str, Any]:
+        """Masked prediction and topic logits.
+
+        Args: `waveforms (B, T)`, `labels (B, F)` units at the model's frames, `lengths (B,)` samples.
+        Returns a dict: `logit_m (M, K+1)` / `logit_u (U, K+1)` (column 0 is the target, as in
+        torchaudio), `feature_penalty` (scalar), `topic_logits (B, T_topics)` or None, `valid (B, F)`,
+        `mask (B, F)` (masked frames).
+        """
+        x, frame_lengths = self._front_end(waveforms, lengths)
+        if self.hubert.feature_grad_mult is not None and self.hubert.feature_grad_mult < 1.0:
+            x = components.GradMultiply.apply(x, self.hubert.feature_grad_mult)
+        feature_penalty = x.float().pow(2).mean()
+        padding = components._get_padding_mask(x, frame_lengths) if frame_lengths is not None else None
+        x, attention_mask = self.hubert.wav2vec2.encoder._preprocess(x, frame_lengths)
+        x, mask = self.hubert.mask_generator(x, padding)
+        hidden = self._layers(x, attention_mask)
+        if hidden[-1].shape[1] != labels.shape[1]:
+            raise ValueError(
+                f"labels have {labels.shape[1]} frames but the model gives {hidden[-1].shape[1]}"
+            )
+        valid = self.valid_frames(frame_lengths, x.shape[0], x.shape[1], x.device)
+        mask_m = mask & valid
+        mask_u = valid & ~mask_m
+        logit_m, logit_u = self.hubert.logit_generator(hidden[-1], labels, mask_m, mask_u)
+        topic_logits = None
+        if self.topic_head is not None:
+            topic_logits = self.topic_head(self.pool(hidden[self.topic_layer - 1], valid))
+        return {
+            "logit_m": logit_m,
+            "logit_u": logit_u,
+            "feature_penalty": feature_penalty,
+            "topic_logits": topic_logits,
+            "valid": valid,
+            "mask": mask_m,
+        }
+
+    # ------------------------------------------------------------------ features for probes / export
+    def extract_features(
+        self, waveforms: Tensor, lengths: Tensor | None = None
+    ) -> tuple[list[Tensor], Tensor]:
+        """Unmasked layer outputs `[(B, F, D)] * num_layers` and the valid-frame mask `(B, F)`."""
+        x, frame_lengths = self._front_end(waveforms, lengths)
+        x, attention_mask = self.hubert.wav2vec2.encoder._preprocess(x, frame_lengths)
+        hidden = self._layers(x, attention_mask)
+        return hidden, self.valid_frames(frame_lengths, x.shape[0], x.shape[1], x.device)
+
+    def export_graphs(self, batch: dict[str, Tensor], layer: int = -1) -> list[ExportGraph]:
+        """One graph: waveform `(B, T)` → features of Transformer `layer` `(B, F, D)`, dynamic B and T.
+
+        Example: the batch's first two utterances cut to the shorter one's length; checked on one
+        utterance cut to several lengths and on a batch of three.
+        """
+        waveforms, lengths = batch["waveforms"], batch["lengths"]
+        rows = [0, 1] if len(lengths) > 1 else [0, 0]
+        total = int(min(lengths[r] for r in rows))
+        # batch 2 (torch.export specialises a batch of 1), no padding: the graph takes no lengths
+        example = waveforms[rows, :total]
+        graph = FeatureExtractorGraph(self, layer).eval()
+        cuts = sorted({max(400, total // 3), max(400, total // 2), max(400, (3 * total) // 4)} - {total})
+        checks = [(example[:1, :n],) for n in cuts]
+        checks.append((torch.cat([example[:, : cuts[0]], example[:1, : cuts[0]]], dim=0),))
+        return [
+            ExportGraph(
+                "hubertopic_features",
+                graph,
+                (example,),
+                ("waveform",),
+                ("features",),
+                ({0: "batch", 1: "samples"},),
+                check_inputs=checks,
+            )
+        ]
+
+
+def transformer_layers(
+    transformer: nn.Module, x: Tensor, attention_mask: Tensor | None, training: bool
+) -> list[Tensor]:
+    """Outputs of every layer of torchaudio's `Transformer` `[(B, F, D)]` (its `forward`, keeping
+    the intermediate layers; the final layer norm of post-norm models applies to the last one)."""
+    x = transformer._preprocess(x)
+    hidden = []
+    for layer in transformer.layers:
+        if not (training and transformer.layer_drop > 0 and torch.rand(1).item() <= transformer.layer_drop):
+            x, _ = layer(x, attention_mask)
+        hidden.append(x)
+    if not transformer.layer_norm_first:
+        hidden[-1] = transformer.layer_norm(hidden[-1])
+    return hidden
+
+
+class FeatureExtractorGraph(nn.Module):
+    """Export wrapper: `waveform (B, T)` → layer features `(B, F, D)` (no padding, no masking)."""
+
+    def __init__(self, model: HuBERTopic, layer: int = -1) -> None:
+        super().__init__()
+        # the parts, not torchaudio's Wav2Vec2Model: its `@torch.jit.export` method would make
+        # tracing script every submodule, ours included
+        self.feature_extractor = model.hubert.wav2vec2.feature_extractor
+        self.encoder = model.hubert.wav2vec2.encoder
+        self.layer = layer
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        x, _ = self.feature_extractor(waveform, None)
+        x, attention_mask = self.encoder._preprocess(x, None)
+        return transformer_layers(self.encoder.transformer, x, attention_mask, False)[self.layer]

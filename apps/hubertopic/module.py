@@ -1,0 +1,205 @@
+"""LightningModule of HuBERT / HuBERTopic pretraining, with frozen-feature probes as its test loop.
+
+Loss (every term a mean, so λ weighs comparable scales):
+
+    L = L_mask + w_u · L_unmask + w_f · feature_penalty + λ · L_topic
+
+- `L_mask`: HuBERT's masked prediction, cross-entropy over the cosine-similarity logits of
+  torchaudio's logit generator, mean over masked frames of the batch;
+- `L_unmask`: the same over unmasked frames (`unmasked_weight`, 0 in HuBERT);
+- `feature_penalty`: mean square of the conv features (`feature_penalty_weight`, 10 in fairseq);
+- `L_topic`: HuBERTopic's topic classification, mean over utterances: cross-entropy with the hard
+  topic label, or with the soft LDA distribution θ_u (`−Σ_t θ_u,t log p_t`); `λ = topic_weight`
+  (0: plain HuBERT).
+
+Test = the probes of `probes.py` on the test split (every utterance with speaker / gender / theme /
+transcript): utterance probes on mean-pooled features of every layer (headline: `probe_layer`),
+the CTC probe on `probe_layer`'s frames, and NMI between topic labels and the facts. The run folder
+gets `probes.json`, `topic_contingency.png` and `probe_scores.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from apps.common.io import write_json
+from apps.common.module import BaseModule
+from apps.hubertopic import probes
+from apps.hubertopic.plots import plot_probe_scores, plot_topic_contingency
+
+log = logging.getLogger(__name__)
+
+FACTS = ("speaker", "gender", "theme")
+
+
+def masked_prediction_loss(logits: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy over frames of torchaudio's logits `(N, K+1)` (target at column 0), and accuracy."""
+    if logits is None or logits.shape[0] == 0:
+        zero = torch.zeros(())
+        return zero, zero
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    loss = F.cross_entropy(logits.float(), target)
+    return loss, (logits.argmax(dim=-1) == 0).float().mean()
+
+
+def topic_loss(topic_logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean over utterances: CE with hard labels `(B,)` or soft targets `(B, T)`."""
+    if targets.dim() == 1:
+        return F.cross_entropy(topic_logits, targets)
+    return -(targets * F.log_softmax(topic_logits, dim=-1)).sum(dim=-1).mean()
+
+
+class HuBERTopicModule(BaseModule):
+    """Pretrains `HuBERTopic` and probes its frozen features in `test`.
+
+    Args:
+        topic_weight: λ of the topic loss (0: HuBERT).
+        unmasked_weight, feature_penalty_weight: see the module docstring.
+        probe_layer: Transformer layer (1-based, negative from the end) of the headline probes.
+        probe_test_fraction: share of utterances (by a hash of the id) the probes are scored on.
+        ctc_epochs: epochs of the linear CTC probe.
+        plots: write the PNG plots after testing.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        model_config: dict[str, Any] | None = None,
+        topic_weight: float = 0.0,
+        unmasked_weight: float = 0.0,
+        feature_penalty_weight: float = 10.0,
+        probe_layer: int = -1,
+        probe_test_fraction: float = 0.25,
+        ctc_epochs: int = 30,
+        plots: bool = True,
+    ) -> None:
+        super().__init__(model, optimizer, scheduler, model_config)
+        self.topic_weight = topic_weight
+        self.unmasked_weight = unmasked_weight
+        self.feature_penalty_weight = feature_penalty_weight
+        self.probe_layer = probe_layer
+        self.probe_test_fraction = probe_test_fraction
+        self.ctc_epochs = ctc_epochs
+        self.plots = plots
+        self._collected: dict[str, list[Any]] = {}
+
+    # ------------------------------------------------------------------ training
+    def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        out = self.model(batch["waveforms"], batch["units"], batch["lengths"])
+        mask_loss, mask_acc = masked_prediction_loss(out["logit_m"])
+        unmask_loss, unmask_acc = masked_prediction_loss(out["logit_u"])
+        total = mask_loss + self.feature_penalty_weight * out["feature_penalty"]
+        if self.unmasked_weight:
+            total = total + self.unmasked_weight * unmask_loss
+        result = {
+            "mask_loss": mask_loss,
+            "mask_acc": mask_acc,
+            "unmask_acc": unmask_acc,
+            "feature_penalty": out["feature_penalty"].detach(),
+        }
+        if out["topic_logits"] is not None and "topics" in batch:
+            targets = batch["topics"]
+            result["topic_loss"] = topic_loss(out["topic_logits"], targets)
+            hard = targets if targets.dim() == 1 else targets.argmax(dim=-1)
+            result["topic_acc"] = (out["topic_logits"].argmax(dim=-1) == hard).float().mean()
+            if self.topic_weight:
+                total = total + self.topic_weight * result["topic_loss"]
+        result["loss"] = total
+        return result
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        if loader is not None and hasattr(loader.dataset, "epoch"):
+            loader.dataset.epoch = self.current_epoch
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self.losses(batch)
+        size = len(batch["utt_ids"])
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
+        self.log("train/loss", losses["loss"], batch_size=size, prog_bar=True)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        losses = self.losses(batch)
+        size = len(batch["utt_ids"])
+        self.log_dict({f"val/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=size)
+        self.log("val/loss", losses["loss"], batch_size=size, prog_bar=True)
+
+    # ------------------------------------------------------------------ probes
+    def on_test_epoch_start(self) -> None:
+        self._collected = {"utt_ids": [], "pooled": [], "frames": []}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hidden, valid = self.model.extract_features(batch["waveforms"], batch["lengths"])
+        pooled = torch.stack([self.model.pool(h, valid) for h in hidden], dim=1)  # (B, layers, D)
+        layer = hidden[self.probe_layer - 1 if self.probe_layer > 0 else self.probe_layer]
+        self._collected["utt_ids"] += list(batch["utt_ids"])
+        self._collected["pooled"].append(pooled.float().cpu().numpy())
+        for row in range(layer.shape[0]):
+            self._collected["frames"].append(layer[row, : int(valid[row].sum())].float().cpu().numpy())
+
+    def on_test_epoch_end(self) -> None:
+        datamodule = self.trainer.datamodule
+        utt_ids = self._collected["utt_ids"]
+        pooled = np.concatenate(self._collected["pooled"]) if utt_ids else np.zeros((0, 0, 0))
+        is_test = probes.probe_split(utt_ids, self.probe_test_fraction)
+        headline = self.probe_layer - 1 if self.probe_layer > 0 else pooled.shape[1] + self.probe_layer
+        metrics: dict[str, float] = {}
+        per_layer: dict[str, list[float | None]] = {}
+        facts = {name: [datamodule.meta.get(u, {}).get(name) for u in utt_ids] for name in FACTS}
+        facts = {
+            name: values for name, values in facts.items() if utt_ids and all(v is not None for v in values)
+        }
+        for name, values in facts.items():
+            scores = [
+                probes.linear_probe(pooled[:, layer], values, is_test) for layer in range(pooled.shape[1])
+            ]
+            per_layer[name] = scores
+            if scores[headline] is not None:
+                metrics[f"test/{name}_acc"] = scores[headline]
+        texts = [datamodule.transcripts.get(u) for u in utt_ids]
+        if utt_ids and all(texts):
+            cer = probes.ctc_probe(self._collected["frames"], texts, is_test, epochs=self.ctc_epochs)
+            if cer is not None:
+                metrics["test/char_cer"] = cer
+        topic_labels = None
+        if datamodule.topics is not None and utt_ids:
+            theta = datamodule.topics.as_dict()
+            topic_labels = [int(theta[u].argmax()) for u in utt_ids]
+            for name, value in probes.topic_nmi(topic_labels, facts).items():
+                metrics[f"test/nmi_topic_{name}"] = value
+        for key, value in metrics.items():
+            self.log(key, value)
+        report = {
+            "metrics": metrics,
+            "probe_layer": headline + 1,
+            "per_layer_acc": per_layer,
+            "utterances": len(utt_ids),
+            "probe_test_utterances": int(is_test.sum()),
+            "chance": {name: 1.0 / max(len(set(v)), 1) for name, v in facts.items()},
+        }
+        out_dir = Path(self.trainer.default_root_dir)
+        write_json(out_dir / "probes.json", report)
+        if self.plots and utt_ids:
+            scores = {k.removeprefix("test/"): v for k, v in metrics.items() if k.endswith("_acc")}
+            if "test/char_cer" in metrics:
+                scores["char_1-cer"] = max(0.0, 1.0 - metrics["test/char_cer"])
+            plot_probe_scores(scores, out_dir / "probe_scores.png")
+            if topic_labels is not None and facts:
+                plot_topic_contingency(
+                    topic_labels,
+                    facts,
+                    int(datamodule.topics.theta.shape[1]),
+                    out_dir / "topic_contingency.png",
+                )
+        log.info("probes: %s", {k: round(v, 4) for k, v in metrics.items()})

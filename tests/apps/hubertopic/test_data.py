@@ -1,0 +1,68 @@
+"""The data module on a tiny LibriSpeech folder: cached units and topics, crops that keep units
+aligned with the model's frames, hard and soft topic targets, splits and probe metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from apps.hubertopic.audio import model_frames
+from apps.hubertopic.data import HuBERTopicDataModule, collate
+
+
+def datamodule(tmp_path: Path, corpus: Path, **overrides) -> HuBERTopicDataModule:
+    args = dict(
+        data_dir=str(tmp_path / "cache"),
+        corpus_dir=str(corpus),
+        labels={"num_classes": 8},
+        topics={"num_topics": 2, "max_iter": 5},
+        max_seconds=0.3,
+        valid_fraction=0.25,
+        batch_size=3,
+    )
+    return HuBERTopicDataModule(**{**args, **overrides})
+
+
+def test_units_topics_and_aligned_crops(tmp_path: Path, librispeech: Path):
+    dm = datamodule(tmp_path, librispeech)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.model_overrides() == {"num_classes": 8, "num_topics": 2}
+    ids = {u.utt_id for u in dm.splits["train"]} | {u.utt_id for u in dm.splits["val"]}
+    assert ids == {u.utt_id for u in dm.splits["test"]} and len(ids) == 8
+    assert not {u.utt_id for u in dm.splits["train"]} & {u.utt_id for u in dm.splits["val"]}
+    assert dm.meta["22-1-0000"]["gender"] == "F" and dm.transcripts["22-1-0000"] == "HELLO WORLD 0"
+    full = dm.dataset("test")
+    train = dm.dataset("train")
+    for index, utt in enumerate(train.utterances):
+        item = train[index]
+        assert len(item["waveform"]) == min(4800, len(full[full.utterances.index(utt)]["waveform"]))
+        assert len(item["units"]) == model_frames(len(item["waveform"]))
+        whole = full[full.utterances.index(utt)]
+        start = next(
+            s
+            for s in range(0, len(whole["waveform"]) - len(item["waveform"]) + 1, 320)
+            if torch.equal(whole["waveform"][s : s + len(item["waveform"])], item["waveform"])
+        )
+        assert torch.equal(item["units"], whole["units"][start // 320 : start // 320 + len(item["units"])])
+    batch = collate([full[0], full[3]])
+    assert batch["units"].shape == (2, model_frames(int(batch["lengths"].max())))
+    assert batch["topics"].dtype == torch.long and batch["topics"].shape == (2,)
+    # a second module reuses the cached units and topics
+    again = datamodule(tmp_path, librispeech)
+    again.prepare_data()
+    assert np.array_equal(again.topics.theta, dm.topics.theta)
+
+
+def test_soft_targets_and_config_errors(tmp_path: Path, librispeech: Path):
+    dm = datamodule(tmp_path, librispeech, topics={"num_topics": 2, "max_iter": 5, "targets": "soft"})
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["topics"].shape == (3, 2) and torch.allclose(batch["topics"].sum(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match="targets"):
+        datamodule(tmp_path, librispeech, topics={"targets": "fuzzy"})
+    with pytest.raises(ValueError, match="labels.checkpoint"):
+        datamodule(tmp_path, librispeech, labels={"source": "model"})

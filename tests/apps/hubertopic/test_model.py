@@ -1,0 +1,128 @@
+"""HuBERTopic model: losses, a learning test, the attention swap (weights carried, softmax parity)
+and export parity of the feature extractor (ONNX and TorchScript on several lengths)."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from apps.common.export import export_graphs
+from apps.hubertopic.audio import model_frames
+from apps.hubertopic.model import HuBERTopic
+from apps.hubertopic.module import HuBERTopicModule, masked_prediction_loss, topic_loss
+from shared_attention import LinearAttention, MultiHeadAttention
+
+TINY = dict(
+    conv_channels=16,
+    embed_dim=32,
+    num_layers=2,
+    num_heads=2,
+    ff_dim=64,
+    pos_conv_kernel=8,
+    pos_conv_groups=2,
+    final_dim=16,
+)
+
+
+def tiny(**overrides) -> HuBERTopic:
+    torch.manual_seed(0)
+    return HuBERTopic(**{"num_classes": 12, "num_topics": 3, **TINY, **overrides})
+
+
+def batch(lengths=(4000, 3000), topics=True) -> dict:
+    torch.manual_seed(1)
+    waveforms = torch.randn(len(lengths), max(lengths)) * 0.1
+    for row, n in enumerate(lengths):
+        waveforms[row, n:] = 0
+    frames = model_frames(max(lengths))
+    out = {
+        "utt_ids": [f"u{i}" for i in range(len(lengths))],
+        "waveforms": waveforms,
+        "lengths": torch.tensor(lengths),
+        "units": torch.randint(0, 12, (len(lengths), frames)),
+    }
+    if topics:
+        out["topics"] = torch.tensor([0, 2][: len(lengths)])
+    return out
+
+
+def test_forward_shapes_and_loss_terms():
+    model = tiny()
+    data = batch()
+    out = model(data["waveforms"], data["units"], data["lengths"])
+    assert out["valid"].shape == data["units"].shape
+    assert out["valid"].sum(dim=1).tolist() == [model_frames(4000), model_frames(3000)]
+    assert out["logit_m"].shape == (int(out["mask"].sum()), 13)
+    assert out["topic_logits"].shape == (2, 3)
+    module = HuBERTopicModule(model, optimizer=partial(torch.optim.Adam, lr=1e-3), topic_weight=0.5)
+    losses = module.losses(data)
+    expected = losses["mask_loss"] + 10.0 * losses["feature_penalty"] + 0.5 * losses["topic_loss"]
+    assert torch.allclose(losses["loss"], expected)
+    with pytest.raises(ValueError, match="labels have"):
+        model(data["waveforms"], data["units"][:, :-1], data["lengths"])
+
+
+def test_topic_loss_hard_and_soft_agree_on_one_hot():
+    logits = torch.randn(4, 3)
+    hard = torch.tensor([0, 1, 2, 1])
+    assert torch.allclose(topic_loss(logits, hard), topic_loss(logits, torch.eye(3)[hard]))
+    loss, acc = masked_prediction_loss(torch.tensor([[5.0, 0.0], [0.0, 5.0]]))
+    assert acc.item() == 0.5 and loss.item() > 0
+
+
+def test_loss_falls_on_a_tiny_batch():
+    model = tiny(dropout=0.0, attention_dropout=0.0, mask_prob=0.5, mask_length=2, feature_grad_mult=None)
+    module = HuBERTopicModule(model, optimizer=partial(torch.optim.Adam, lr=3e-3), topic_weight=1.0)
+    optimizer = module.configure_optimizers()
+    data = batch()
+    torch.manual_seed(2)
+    first = None
+    for _ in range(25):
+        loss = module.losses(data)["loss"]
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        torch.manual_seed(2)
+        last = module.losses(data)["loss"].item()
+    assert last < 0.7 * first
+
+
+def test_softmax_swap_matches_torchaudio_attention():
+    reference = tiny(attention=None).eval()
+    swapped = copy.deepcopy(reference)
+    from shared_attention.swap_torchaudio import swap_torchaudio_attention
+
+    names = swap_torchaudio_attention(swapped.hubert, partial(MultiHeadAttention, backend="auto"))
+    assert names == [f"wav2vec2.encoder.transformer.layers.{i}.attention" for i in range(2)]
+    data = batch()
+    with torch.no_grad():
+        want, valid = reference.extract_features(data["waveforms"], data["lengths"])
+        got, _ = swapped.extract_features(data["waveforms"], data["lengths"])
+    for w, g in zip(want, got):
+        assert torch.allclose(w[valid], g[valid], atol=1e-5)
+
+
+def test_attention_factory_swaps_every_layer_with_weights():
+    model = tiny(attention=partial(LinearAttention, feature_map="elu"))
+    assert len(model.swapped_attention) == 2
+    layer = model.hubert.wav2vec2.encoder.transformer.layers[0].attention
+    assert isinstance(layer.layer, LinearAttention)
+    module = HuBERTopicModule(model, optimizer=partial(torch.optim.Adam, lr=1e-3), topic_weight=1.0)
+    assert torch.isfinite(module.losses(batch())["loss"])
+
+
+def test_export_parity_on_several_lengths(tmp_path: Path):
+    model = tiny(attention=partial(MultiHeadAttention, backend="auto")).eval()
+    data = batch(lengths=(9600, 8000), topics=False)
+    graphs = model.export_graphs(data)
+    assert len(graphs[0].check_inputs) >= 3
+    report = export_graphs(graphs, tmp_path, ["onnx", "torchscript"])
+    assert report["ok"]
+    shapes = {tuple(s[0]) for g in report["graphs"] for s in g["input_shapes"]}
+    assert len({s[1] for s in shapes}) >= 3 and {s[0] for s in shapes} == {1, 2, 3}
