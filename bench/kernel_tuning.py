@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bench.common import machine, median_time
-from bench.kernels import _allowed_entries, _patterns
+from bench.kernels import _allowed_entries, _patterns, linear_inputs
 
 log = logging.getLogger("bench.kernel_tuning")
 
@@ -155,11 +155,7 @@ def tune_linear(lengths: list[int], heads: int, dim: int, repeats: int, results:
     device = torch.device("cuda")
     for length in lengths:
         for causal in (True, False):
-            q, k = (
-                torch.rand(1, heads, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
-                for _ in range(2)
-            )
-            v = torch.randn(1, heads, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+            q, k, v = linear_inputs(heads, length, dim, device)
             variants = [
                 (
                     "torch_chunked",

@@ -163,6 +163,16 @@ def bench_block_sparse(
     return results
 
 
+def linear_inputs(heads: int, length: int, dim: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """bf16 ``(1, heads, length, dim)`` feature-mapped q, k (non-negative) and v, requiring grad."""
+    q, k = (
+        torch.rand(1, heads, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+        for _ in range(2)
+    )
+    v = torch.randn(1, heads, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+    return q, k, v
+
+
 def bench_linear(lengths: list[int], heads: int, dim: int, repeats: int) -> list[dict[str, Any]]:
     from kernels.linear_attention import linear_attention_parts as triton_parts
     from shared_attention.layers.linear import linear_attention_parts as torch_parts
@@ -171,11 +181,7 @@ def bench_linear(lengths: list[int], heads: int, dim: int, repeats: int) -> list
     results = []
     for length in lengths:
         for causal in (True, False):
-            q, k = (
-                torch.rand(1, heads, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
-                for _ in range(2)
-            )
-            v = torch.randn(1, heads, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+            q, k, v = linear_inputs(heads, length, dim, device)
             with torch.no_grad():  # float64 reference for the accuracy column
                 reference = [
                     t.double()

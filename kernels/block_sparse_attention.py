@@ -295,6 +295,32 @@ def _tile_allowed(
 
 
 @triton.jit
+def _mask_scores(
+    scores,
+    tiles_ptr,
+    tile,
+    offs_m,
+    offs_n,
+    q_len,
+    k_len,
+    kb,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SKIP_FULL: tl.constexpr,
+):
+    """``(BLOCK_M, BLOCK_N)`` scores with disallowed entries at ``-inf``. With ``SKIP_FULL``, full
+    blocks inside the key range skip the element-mask load and select (a scalar branch)."""
+    if SKIP_FULL:
+        if (tile >= 0) | ((kb + 1) * BLOCK_N > k_len):
+            allowed = _tile_allowed(tiles_ptr, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
+            scores = tl.where(allowed, scores, float("-inf"))
+    else:
+        allowed = _tile_allowed(tiles_ptr, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
+        scores = tl.where(allowed, scores, float("-inf"))
+    return scores
+
+
+@triton.jit
 def _fwd_kernel(
     Q,
     K,
@@ -366,14 +392,9 @@ def _fwd_kernel(
             other=0.0,
         )
         scores = tl.dot(q, k_t, input_precision=PRECISION) * qk_scale
-        if SKIP_FULL:
-            # full in-range blocks need no element mask: skip its load and select
-            if (tile >= 0) | ((kb + 1) * BLOCK_N > k_len):
-                allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
-                scores = tl.where(allowed, scores, float("-inf"))
-        else:
-            allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
-            scores = tl.where(allowed, scores, float("-inf"))
+        scores = _mask_scores(
+            scores, tiles, tile, offs_m, offs_n, q_len, k_len, kb, BLOCK_M, BLOCK_N, SKIP_FULL
+        )
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(scores - m_safe[:, None])
@@ -495,13 +516,9 @@ def _bwd_dq_kernel(
             other=0.0,
         )
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        if SKIP_FULL:
-            if (tile >= 0) | ((kb + 1) * BLOCK_N > k_len):
-                allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
-                scores = tl.where(allowed, scores, float("-inf"))
-        else:
-            allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
-            scores = tl.where(allowed, scores, float("-inf"))
+        scores = _mask_scores(
+            scores, tiles, tile, offs_m, offs_n, q_len, k_len, kb, BLOCK_M, BLOCK_N, SKIP_FULL
+        )
         p = tl.exp2(scores - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])

@@ -57,6 +57,13 @@ def _load_rows(ptr, stride_l, offs_l, offs_d, length, dim):
 
 
 @triton.jit
+def _initial_state(INIT_STATE, INIT_SUM, init, offs_k, offs_v, dv_pad, BLOCK_DK: tl.constexpr):
+    """The ``(Dk, Dv tile)`` state and ``(Dk,)`` sum a segment starts from (entry ``init``)."""
+    state = tl.load(INIT_STATE + init * BLOCK_DK * dv_pad + offs_k[:, None] * dv_pad + offs_v[None, :])
+    return state, tl.load(INIT_SUM + init * BLOCK_DK + offs_k)
+
+
+@triton.jit
 def _segment_sums_kernel(
     A,
     B,
@@ -145,9 +152,9 @@ def _linear_fwd_kernel(
     q_base = QF + bh * stride_qbh
     k_base = KF + bh * stride_kbh
     v_base = V + bh * stride_vbh
-    init = bh * n_init + seg * init_seg_step
-    state = tl.load(INIT_STATE + init * BLOCK_DK * dv_pad + offs_k[:, None] * dv_pad + offs_v[None, :])
-    key_sum = tl.load(INIT_SUM + init * BLOCK_DK + offs_k)
+    state, key_sum = _initial_state(
+        INIT_STATE, INIT_SUM, bh * n_init + seg * init_seg_step, offs_k, offs_v, dv_pad, BLOCK_DK
+    )
     start = seg * seg_len
     end = tl.minimum(start + seg_len, q_len)
     for c0 in range(start, end, CHUNK):
@@ -212,9 +219,9 @@ def _linear_bwd_dq_kernel(
     v_base = V + bh * stride_vbh
     g_base = DNUM + bh * stride_gbh
     dq_base = DQ + (dv_tile * n_bh + bh) * q_len * BLOCK_DK
-    init = bh * n_init + seg * init_seg_step
-    state = tl.load(INIT_STATE + init * BLOCK_DK * dv_pad + offs_k[:, None] * dv_pad + offs_v[None, :])
-    key_sum = tl.load(INIT_SUM + init * BLOCK_DK + offs_k)
+    state, key_sum = _initial_state(
+        INIT_STATE, INIT_SUM, bh * n_init + seg * init_seg_step, offs_k, offs_v, dv_pad, BLOCK_DK
+    )
     start = seg * seg_len
     end = tl.minimum(start + seg_len, q_len)
     for c0 in range(start, end, CHUNK):
