@@ -1,0 +1,104 @@
+"""Multi-subject consistency metrics on masked crops, judged by the trained `SubjectClassifier`.
+
+For scene p and subject i, the reference crop is reference i inside its box and the target crop is
+the generated scene inside subject i's target box (both resized to the classifier's crop size):
+
+- `pattern_consistency`: the classifier's pattern (the attribute the caption does not name) agrees
+  between reference and target crop; chance is 1 / number of patterns.
+- `feature_similarity`: cosine of the classifier's features of the two crops.
+- `colour_similarity`: histogram intersection of the two crops' RGB histograms (4 bins per channel)
+  over foreground pixels (pixels that differ from the crop's border colour).
+- `caption_alignment`: the classifier's identity of the target crop is the identity the caption names.
+- `leakage`: mean probability the classifier gives the *other* subjects' identities on the target
+  crop of subject i (lower is better).
+
+Each is averaged over the subjects of a scene; tables report mean +- std over scenes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+METRICS = ("pattern_consistency", "feature_similarity", "colour_similarity", "caption_alignment", "leakage")
+
+
+def pixel_boxes(boxes: Tensor, h: int, w: int) -> Tensor:
+    return boxes * torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+
+
+def colour_histograms(crops: Tensor, bins: int = 4, threshold: float = 0.12) -> Tensor:
+    """Normalised joint RGB histograms `(B, bins ** 3)` of crops `(B, 3, c, c)` in [0, 1], foreground only."""
+    b = crops.shape[0]
+    border = torch.cat([crops[..., 0, :], crops[..., -1, :], crops[..., :, 0], crops[..., :, -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]
+    foreground = (crops - background).abs().amax(dim=1) > threshold  # (B, c, c)
+    q = (crops.clamp(0, 1) * bins).long().clamp_max(bins - 1)
+    index = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]  # (B, c, c)
+    hist = torch.zeros(b, bins**3, device=crops.device)
+    hist.scatter_add_(1, index.flatten(1), foreground.flatten(1).float())
+    return hist / hist.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+@torch.no_grad()
+def subject_metrics(
+    classifier: torch.nn.Module,
+    references: Tensor,
+    ref_boxes: Tensor,
+    images: Tensor,
+    target_boxes: Tensor,
+    identity: Tensor,
+) -> dict[str, Tensor]:
+    """Per-scene metrics `(P,)` for references `(P, S, 3, H, W)` and target images `(P, 3, H, W)` in [0, 1].
+
+    Boxes are normalised `(P, S, 4)`; `identity (P, S)` are the captioned identities.
+    """
+    p, s, _, h, w = references.shape
+    ref_crops = classifier.crop(
+        references.flatten(0, 1) * 2 - 1, pixel_boxes(ref_boxes, h, w).reshape(p * s, 1, 4)
+    )  # (P*S, 3, c, c)
+    target_crops = classifier.crop(images * 2 - 1, pixel_boxes(target_boxes, h, w))  # (P*S, 3, c, c)
+    ref_id, ref_pattern, ref_feat = classifier(ref_crops)
+    tgt_id, tgt_pattern, tgt_feat = classifier(target_crops)
+    pattern = (ref_pattern.argmax(-1) == tgt_pattern.argmax(-1)).float()
+    feature = (ref_feat * tgt_feat).sum(-1)
+    colour = torch.minimum(
+        colour_histograms((ref_crops + 1) / 2), colour_histograms((target_crops + 1) / 2)
+    ).sum(-1)
+    ids = identity.reshape(-1).long()
+    alignment = (tgt_id.argmax(-1) == ids).float()
+    probs = F.softmax(tgt_id, dim=-1).view(p, s, -1)
+    others = torch.gather(probs, 2, identity.long()[:, None, :].expand(p, s, s))  # (P, S_i, S_j)
+    off_diagonal = ~torch.eye(s, dtype=torch.bool)
+    leakage = (others * off_diagonal).sum(-1) / max(s - 1, 1)
+    per_subject = {
+        "pattern_consistency": pattern.view(p, s),
+        "feature_similarity": feature.view(p, s),
+        "colour_similarity": colour.view(p, s),
+        "caption_alignment": alignment.view(p, s),
+        "leakage": leakage,
+        "reference_alignment": (ref_id.argmax(-1) == ids).float().view(p, s),
+    }
+    return {name: value.mean(dim=1) for name, value in per_subject.items()}
+
+
+def summarise(values: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """variant -> metric -> per-scene values  ==>  variant -> metric -> (mean, std)."""
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for variant, metrics in values.items():
+        table[variant] = {}
+        for name, vals in metrics.items():
+            t = torch.tensor(vals, dtype=torch.float64)
+            std = float(t.std(unbiased=True)) if t.numel() > 1 else 0.0
+            table[variant][name] = (float(t.mean()), std)
+    return table
+
+
+def markdown_table(table: dict[str, dict[str, tuple[float, float]]], names: tuple[str, ...] = METRICS) -> str:
+    header = "| variant | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    rows = [
+        f"| {variant} | " + " | ".join(f"{m[n][0]:.3f} ± {m[n][1]:.3f}" for n in names) + " |"
+        for variant, m in table.items()
+    ]
+    return header + "\n".join(rows) + "\n"

@@ -1,0 +1,242 @@
+"""LightningModule of the IR-Diffusion app.
+
+Training fits the base model: epsilon-prediction MSE of the UNet (captions dropped to the empty
+caption with probability `cfg_dropout`, for classifier-free guidance) plus cross-entropy of the
+subject classifier on ground-truth crops (identity and pattern heads). Validation reports the
+diffusion loss at fixed noise and timesteps (`val/loss`, monitored) and the classifier accuracies.
+
+Testing (also what `apps.eval` runs) is the IR-Diffusion evaluation: for each test scene the
+pipeline generates the references, the vanilla scene and the final pass of every variant from the
+same seeds, scores them (`metrics.py`), and at the end writes `irdiffusion_table.md/json` (mean +- std
+over scenes), comparison grids and timings into the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from apps.common.io import write_json
+from apps.common.module import BaseModule
+from apps.irdiffusion.metrics import METRICS, markdown_table, subject_metrics, summarise
+from apps.irdiffusion.pipeline import (
+    VARIANTS,
+    IRDiffusionPipeline,
+    TinyBackend,
+    foreground_segmenter,
+    subject_prompts,
+)
+from apps.irdiffusion.plots import save_comparison_grid
+
+log = logging.getLogger(__name__)
+
+
+class IRDiffusionModule(BaseModule):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any = None,
+        cfg_dropout: float = 0.1,
+        classifier_weight: float = 0.1,
+        box_jitter: float = 1.0,
+        sample_steps: int = 20,
+        guidance_scale: float = 3.0,
+        mask_threshold: float = 0.4,
+        cross_blend: float = 0.3,
+        segmenter: str | None = None,
+        ir_layers: Any = "all",
+        attention_backend: str = "sdpa",
+        variants: tuple[str, ...] = VARIANTS,
+        grid_scenes: int = 8,
+        seed: int = 0,
+        model_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(model, optimizer, scheduler, model_config)
+        self.cfg_dropout = cfg_dropout
+        self.classifier_weight = classifier_weight
+        self.box_jitter = box_jitter
+        self.sample_steps = sample_steps
+        self.guidance_scale = guidance_scale
+        self.mask_threshold = mask_threshold
+        self.cross_blend = cross_blend
+        if segmenter not in (None, "foreground"):
+            raise ValueError(f"module.segmenter: expected null or 'foreground', got {segmenter!r}")
+        self.segmenter = segmenter
+        self.ir_layers = ir_layers
+        self.attention_backend = attention_backend
+        self.variants = tuple(variants)
+        self.grid_scenes = grid_scenes
+        self.seed = seed
+        self.noise_scheduler = model.train_scheduler()
+        self._test_values: dict[str, dict[str, list[float]]] = {}
+        self._test_seconds: dict[str, float] = {}
+        self._grid: dict[str, list[Tensor]] = {}
+        self._pipeline: IRDiffusionPipeline | None = None
+
+    # ------------------------------------------------------------------------------- training
+    def _losses(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        images, tokens = batch["image"], batch["tokens"]
+        b = images.shape[0]
+        noise = torch.randn(images.shape, generator=generator).to(images)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (b,), generator=generator).to(images.device)
+        if self.training and self.cfg_dropout > 0:
+            drop = torch.rand(b, device=images.device) < self.cfg_dropout
+            null = torch.zeros_like(tokens)
+            null[:, 0] = 1
+            tokens = torch.where(drop[:, None], null, tokens)
+        noisy = self.noise_scheduler.add_noise(images, noise, t)
+        eps = self.model(noisy, t, tokens)
+        diffusion = F.mse_loss(eps, noise)
+
+        present = batch["identity"] >= 0
+        boxes = batch["boxes"].float()
+        if self.training and self.box_jitter > 0:
+            boxes = boxes + (torch.rand(boxes.shape, device=boxes.device) * 2 - 1) * self.box_jitter
+        crops = self.model.classifier.crop(images, boxes)[present.flatten()]
+        id_logits, pattern_logits, _ = self.model.classifier(crops)
+        identity = batch["identity"][present].long()
+        pattern = batch["pattern"][present].long()
+        classifier = F.cross_entropy(id_logits, identity) + F.cross_entropy(pattern_logits, pattern)
+        return {
+            "loss": diffusion + self.classifier_weight * classifier,
+            "diffusion": diffusion,
+            "classifier": classifier,
+            "id_acc": (id_logits.argmax(-1) == identity).float().mean(),
+            "pattern_acc": (pattern_logits.argmax(-1) == pattern).float().mean(),
+        }
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self._losses(batch)
+        b = batch["image"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=b)
+        self.log("train/diffusion", losses["diffusion"], batch_size=b)
+        self.log("train/classifier", losses["classifier"], batch_size=b)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        generator = torch.Generator().manual_seed(self.seed + batch_idx)
+        losses = self._losses(batch, generator)
+        b = batch["image"].shape[0]
+        self.log("val/loss", losses["diffusion"], prog_bar=True, batch_size=b)
+        self.log("val/id_acc", losses["id_acc"], batch_size=b)
+        self.log("val/pattern_acc", losses["pattern_acc"], batch_size=b)
+
+    # --------------------------------------------------------------------------- evaluation
+    def pipeline(self) -> IRDiffusionPipeline:
+        if self._pipeline is None:
+            self._pipeline = IRDiffusionPipeline(
+                TinyBackend(self.model),
+                steps=self.sample_steps,
+                guidance_scale=self.guidance_scale,
+                mask_threshold=self.mask_threshold,
+                cross_blend=self.cross_blend,
+                layers=self.ir_layers,
+                attention_backend=self.attention_backend,
+                segmenter=foreground_segmenter if self.segmenter == "foreground" else None,
+            )
+        return self._pipeline
+
+    def on_test_epoch_start(self) -> None:
+        self._test_values = {v: defaultdict(list) for v in self.variants}
+        self._test_seconds = defaultdict(float)
+        self._grid = defaultdict(list)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        counts = batch["num_subjects"]
+        s = int(counts.min())
+        if int(counts.max()) != s:
+            raise ValueError("a test batch mixes scenes with different subject counts")
+        indices = list(range(counts.numel()))
+        pipe = self.pipeline()
+        ref_prompts = torch.cat(subject_prompts(batch, indices, self.model.max_length))
+        ref_positions = torch.tensor([[1, 2]]).expand(ref_prompts.shape[0], 2)
+        target_positions = batch["subject_tokens"][:, :s]
+        seeds = [self.seed * 100_000 + int(i) for i in batch["index"]]
+        generation = pipe.run(
+            batch["tokens"], ref_prompts, target_positions, ref_positions, seeds, self.variants
+        )
+        for variant, images in generation.images.items():
+            scores = subject_metrics(
+                self.model.classifier,
+                generation.references,
+                generation.ref_boxes,
+                images,
+                generation.target_boxes,
+                batch["identity"][:, :s],
+            )
+            for name, values in scores.items():
+                self._test_values[variant][name].extend(values.tolist())
+        for name, seconds in generation.seconds.items():
+            self._test_seconds[name] += seconds
+        if batch_idx == 0:
+            self._test_seconds["plain_groups_batch0"] = pipe.time_plain_groups(
+                ref_prompts, batch["tokens"], len(indices), s
+            )
+            for name in ("references", *self.variants):
+                self._test_seconds[f"{name}_batch0"] = generation.seconds[name]
+        self._test_seconds["scenes"] += len(indices)
+        taken = sum(t.shape[0] for t in self._grid.get("vanilla", []))
+        keep = max(0, self.grid_scenes - taken)
+        if keep:
+            self._grid["references"].append(generation.references[:keep])
+            for variant, images in generation.images.items():
+                self._grid[variant].append(images[:keep])
+
+    def on_test_epoch_end(self) -> None:
+        table = summarise({v: dict(m) for v, m in self._test_values.items() if m})
+        for variant, metrics in table.items():
+            for name, (mean, _std) in metrics.items():
+                self.log(f"test/{variant}/{name}", mean)
+        out_dir = self._output_dir()
+        seconds = dict(self._test_seconds)
+        scenes = max(seconds.get("scenes", 1.0), 1.0)
+        timing = {
+            f"{k}_per_scene_s": v / scenes for k, v in seconds.items() if k != "scenes" and "batch0" not in k
+        }
+        if "plain_groups_batch0" in seconds and "both_batch0" in seconds:
+            timing["processor_overhead_both_vs_plain_groups"] = (
+                seconds["both_batch0"] / seconds["plain_groups_batch0"]
+            )
+            timing["final_pass_vs_vanilla_scene"] = seconds["both_batch0"] / max(
+                seconds.get("vanilla_batch0", 0), 1e-9
+            )
+        report = {
+            "scenes": int(scenes),
+            "variants": list(table),
+            "table": {
+                v: {n: {"mean": m, "std": sd} for n, (m, sd) in metrics.items()}
+                for v, metrics in table.items()
+            },
+            "timing": timing,
+            "sample_steps": self.sample_steps,
+            "guidance_scale": self.guidance_scale,
+        }
+        if out_dir is not None:
+            write_json(out_dir / "irdiffusion_table.json", report)
+            (out_dir / "irdiffusion_table.md").write_text(
+                markdown_table(table, (*METRICS, "reference_alignment"))
+                + "\n"
+                + "\n".join(f"- {k}: {v:.4f}" for k, v in timing.items())
+                + "\n"
+            )
+            if self._grid:
+                columns = {name: torch.cat(parts) for name, parts in self._grid.items()}
+                save_comparison_grid(columns, out_dir / "plots" / "irdiffusion_grid.png")
+        log.info("IR-Diffusion evaluation over %d scenes:\n%s", int(scenes), markdown_table(table))
+
+    def _output_dir(self) -> Path | None:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return None
+        root = trainer.default_root_dir
+        return Path(root) if root else None

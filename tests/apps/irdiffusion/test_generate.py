@@ -1,0 +1,83 @@
+"""The generated scene set: layout, captions, checksummed reuse and errors on malformed files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from apps.irdiffusion.data import Vocabulary
+from apps.irdiffusion.generate import GeneratorConfig, build_dataset, load_split, sample_scene
+
+from .conftest import TINY_GENERATOR
+
+
+def test_scene_masks_boxes_and_identities_agree():
+    config = GeneratorConfig(
+        **{**TINY_GENERATOR, "max_subjects": 3, "subject_probs": [0, 0, 1], "image_size": 32}
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scene = sample_scene(rng, config)
+        assert set(np.unique(scene["labels"])) <= {0, 1, 2, 3}
+        for i, (x0, y0, x1, y1) in enumerate(scene["boxes"]):
+            ys, xs = np.nonzero(scene["labels"] == i + 1)
+            assert len(ys) > 0 and xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
+        identities = scene["identity"]
+        assert len({int(i) // config.num_shapes for i in identities}) == 3  # distinct colours
+        assert sorted(scene["order"].tolist()) == [0, 1, 2]
+
+
+def test_captions_name_each_subject_at_its_token_positions(tiny_datamodule):
+    dataset = tiny_datamodule.splits["train"]
+    vocab = tiny_datamodule.vocab
+    for i in range(len(dataset)):
+        item = dataset[i]
+        for s in range(int(item["num_subjects"])):
+            colour, shape = item["subject_tokens"][s].tolist()
+            words = [vocab.words[int(item["tokens"][colour])], vocab.words[int(item["tokens"][shape])]]
+            assert words == vocab.identity_phrase(int(item["identity"][s]))[1:]
+
+
+def test_build_is_checksummed_and_reused(tmp_path):
+    config = GeneratorConfig(**{**TINY_GENERATOR, "n_train": 6, "n_val": 2, "n_test": 2})
+    build_dataset(tmp_path, config)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert set(meta["file_sha256"]) == {"train.pt", "val.pt", "test.pt"} and meta["generator_version"] >= 1
+    stamp = (tmp_path / "train.pt").stat().st_mtime_ns
+    build_dataset(tmp_path, config)
+    assert (tmp_path / "train.pt").stat().st_mtime_ns == stamp
+    (tmp_path / "val.pt").write_bytes(b"corrupted")
+    build_dataset(tmp_path, config)
+    assert load_split(tmp_path / "val.pt")["images"].shape[0] == 2
+
+
+def test_malformed_split_errors_name_file_and_key(tmp_path):
+    config = GeneratorConfig(**{**TINY_GENERATOR, "n_train": 4, "n_val": 2, "n_test": 2})
+    build_dataset(tmp_path, config)
+    data = torch.load(tmp_path / "train.pt", weights_only=True)
+    bad = tmp_path / "bad.pt"
+    torch.save({k: v for k, v in data.items() if k != "boxes"}, bad)
+    with pytest.raises(ValueError, match=r"bad\.pt: missing key 'boxes'"):
+        load_split(bad)
+    torch.save({**data, "labels": data["labels"][:, :3]}, bad)
+    with pytest.raises(ValueError, match=r"bad\.pt: key 'labels'"):
+        load_split(bad)
+    bad.write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match=r"bad\.pt: not a readable tensor file"):
+        load_split(bad)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_split(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="subject_probs"):
+        GeneratorConfig(max_subjects=2, subject_probs=[1.0])
+
+
+def test_vocabulary_round_trip():
+    vocab = Vocabulary(6, 6, 3)
+    ids, positions = vocab.encode_subjects([0, 7])
+    assert vocab.decode(ids) == "a red square and a green circle"
+    assert positions.tolist() == [[1, 2], [5, 6]]
+    with pytest.raises(ValueError, match="max_length"):
+        vocab.encode_subjects([0, 1, 2, 3])

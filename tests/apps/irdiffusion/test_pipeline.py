@@ -1,0 +1,116 @@
+"""The IR-Diffusion pipeline end to end on a tiny random model; helpers; metrics; export parity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from apps.common.export import export_graphs
+from apps.irdiffusion.metrics import colour_histograms, subject_metrics
+from apps.irdiffusion.pipeline import (
+    VARIANTS,
+    IRDiffusionPipeline,
+    TinyBackend,
+    boxes_from_masks,
+    foreground_segmenter,
+    load_diffusers_backend,
+    subject_prompts,
+    token_maps,
+)
+
+
+def run_pipeline(model, batch, segmenter=None):
+    pipe = IRDiffusionPipeline(TinyBackend(model), steps=2, guidance_scale=2.0, segmenter=segmenter)
+    s = int(batch["num_subjects"].min())
+    indices = list(range(batch["tokens"].shape[0]))
+    refs = torch.cat(subject_prompts(batch, indices, model.max_length))
+    ref_positions = torch.tensor([[1, 2]]).expand(refs.shape[0], 2)
+    generation = pipe.run(batch["tokens"], refs, batch["subject_tokens"][:, :s], ref_positions, seeds=indices)
+    return pipe, generation
+
+
+def test_pipeline_is_deterministic_and_resets_state(tiny_model, test_batch):
+    pipe, first = run_pipeline(tiny_model, test_batch)
+    assert set(first.images) == set(VARIANTS)
+    p = test_batch["tokens"].shape[0]
+    assert first.references.shape == (p, 2, 3, 16, 16) and first.target_boxes.shape == (p, 2, 4)
+    assert not pipe.state.active and pipe.state.calls == 0 and not pipe.state.record_cross
+    _, second = run_pipeline(tiny_model, test_batch)
+    for variant in VARIANTS:
+        assert torch.equal(first.images[variant], second.images[variant]), variant
+    assert not torch.allclose(first.images["vanilla"], first.images["both"])
+    _, segmented = run_pipeline(tiny_model, test_batch, segmenter=foreground_segmenter)
+    assert segmented.ref_masks.dtype == torch.bool
+
+
+def test_boxes_token_maps_and_segmenter():
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 2:5, 1:3] = True
+    boxes = boxes_from_masks(masks)
+    assert torch.allclose(boxes[0], torch.tensor([1, 2, 3, 5]) / 8)
+    assert torch.allclose(boxes[1], torch.tensor([0.0, 0.0, 1.0, 1.0]))  # empty -> whole image
+    probs = torch.zeros(1, 16, 4)
+    probs[0, 5, 2] = 1.0  # token 2 attends at pixel (1, 1) of a 4x4 map
+    maps = token_maps({(4, 4): probs}, torch.tensor([[[2, -1], [3, -1]]]), (4, 4))
+    assert maps.shape == (1, 2, 4, 4) and maps[0, 0].argmax() == 5 and maps[0, 0].max() == 1
+    images = torch.full((1, 3, 8, 8), 0.1)
+    images[0, :, 3:5, 3:5] = 0.9
+    assert foreground_segmenter(images)[0].nonzero().tolist() == [[3, 3], [3, 4], [4, 3], [4, 4]]
+
+
+def test_missing_local_stable_diffusion_gives_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="local diffusers folder"):
+        load_diffusers_backend(None)
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_diffusers_backend(tmp_path / "sd15")
+
+
+def test_metrics_of_identical_crops(tiny_model):
+    images = torch.rand(2, 3, 16, 16)
+    refs = images[:, None].repeat(1, 2, 1, 1, 1)
+    boxes = torch.tensor([[[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]]]).repeat(2, 1, 1)
+    scores = subject_metrics(
+        tiny_model.classifier, refs, boxes, images, boxes, torch.tensor([[0, 1], [2, 3]])
+    )
+    assert torch.allclose(scores["feature_similarity"], torch.ones(2), atol=1e-5)
+    assert torch.equal(scores["pattern_consistency"], torch.ones(2))
+    assert torch.allclose(scores["colour_similarity"], torch.ones(2), atol=1e-5)
+    assert ((scores["leakage"] >= 0) & (scores["leakage"] <= 1)).all()
+    hist = colour_histograms(torch.rand(3, 3, 6, 6))
+    assert torch.allclose(hist.sum(-1)[hist.sum(-1) > 0], torch.ones(int((hist.sum(-1) > 0).sum())))
+
+
+def _fresh_model(tiny_datamodule):
+    from apps.irdiffusion.model import IRDiffusionModel
+
+    from .conftest import TINY_MODEL
+
+    torch.manual_seed(1)
+    return IRDiffusionModel(**{**tiny_datamodule.model_overrides(), **TINY_MODEL}).eval()
+
+
+def test_torchscript_export_parity_with_processors_active(tiny_datamodule, tmp_path):
+    model = _fresh_model(tiny_datamodule)
+    batch = next(iter(tiny_datamodule.val_dataloader()))
+    graph = model.export_graphs(batch)[0]
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    sample, timestep, tokens = graph.inputs
+    with torch.no_grad():
+        with_ir = graph.module(*graph.inputs)
+    report = export_graphs([graph], tmp_path, ["torchscript"])
+    assert report["ok"] and report["graphs"][0]["max_abs_error"][0] < 1e-4
+    model.unet.set_attn_processor(AttnProcessor2_0())
+    with torch.no_grad():
+        plain = model(sample, timestep, tokens)
+    s = graph.module.state.num_subjects
+    assert torch.allclose(with_ir[:s], plain[:s], atol=1e-5)  # references untouched
+    assert not torch.allclose(with_ir[s], plain[s], atol=1e-4)  # the target sees IR
+
+
+@pytest.mark.slow
+def test_onnx_export_parity_with_processors_active(tiny_datamodule, tmp_path):
+    model = _fresh_model(tiny_datamodule)
+    batch = next(iter(tiny_datamodule.val_dataloader()))
+    report = export_graphs(model.export_graphs(batch), tmp_path, ["onnx"])
+    assert report["ok"]
