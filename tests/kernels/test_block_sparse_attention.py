@@ -133,7 +133,9 @@ def test_fully_masked_rows_are_zero_with_zero_gradients():
     torch.testing.assert_close(out, attention(q, k, v, mask=mask, backend="math"), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("mask", [SlidingWindow(9), KeyPadding(torch.tensor([37, 20]))], ids=["window", "padding"])
+@pytest.mark.parametrize(
+    "mask", [SlidingWindow(9), KeyPadding(torch.tensor([37, 20]))], ids=["window", "padding"]
+)
 def test_full_block_branch_matches_always_masking(mask):
     """Skipping the element mask on full blocks (the default) equals masking every block, also
     with a ragged last key block (37 keys, blocks of 16) and padded batch rows."""
