@@ -63,6 +63,16 @@ def rows_of_run(run: Path, name: str | None, by: str | None = None) -> list[tupl
     return [(label, test)]
 
 
+def parse_groups(specs: list[str]) -> dict[str, list[Path]]:
+    """``NAME=DIR[,DIR...]`` or ``DIR`` arguments -> ``{name: run folders}`` (see :func:`find_runs`)."""
+    groups: dict[str, list[Path]] = {}
+    for spec in specs:
+        name, _, dirs = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        paths = [Path(d).expanduser() for d in dirs.split(",")]
+        groups[name or paths[0].name] = find_runs(paths)
+    return groups
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -120,11 +130,7 @@ def main(argv: list[str] | None = None, default_columns: tuple[str, ...] = ABSA_
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
     args = parser.parse_args(argv)
-    groups: dict[str, list[Path]] = {}
-    for spec in args.groups:
-        name, _, dirs = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        paths = [Path(d).expanduser() for d in dirs.split(",")]
-        groups[name or paths[0].name] = find_runs(paths)
+    groups = parse_groups(args.groups)
     columns = tuple(c for c in args.columns.split(",") if c)
     table = summarise(groups, columns, args.by)
     print(markdown(table, columns))

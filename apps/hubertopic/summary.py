@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from apps.common.summary import find_runs, markdown, mean_std
+from apps.common.summary import markdown, mean_std, parse_groups
 
 COLUMNS = (
     "speaker_acc",
@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     parser.add_argument("groups", nargs="+", help="NAME=DIR[,DIR...] (run folders or folders of runs)")
     args = parser.parse_args(argv)
-    groups: dict[str, list[Path]] = {}
-    for spec in args.groups:
-        name, _, dirs = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        paths = [Path(d).expanduser() for d in dirs.split(",")]
-        groups[name or paths[0].name] = find_runs(paths)
+    groups = parse_groups(args.groups)
     columns = tuple(c for c in args.columns.split(",") if c)
     rows = table(groups, columns)
     print(markdown(rows, columns))
