@@ -27,16 +27,17 @@ log = logging.getLogger("bench.kernel_tuning")
 
 # (block_m, block_n, forward {num_warps, num_stages}, backward {num_warps, num_stages})
 BLOCK_SPARSE_CONFIGS = [
-    (64, 64, {"num_warps": 4, "num_stages": 2}, {"num_warps": 4, "num_stages": 2}),
+    (64, 64, {"num_warps": 4, "num_stages": 3}, {"num_warps": 4, "num_stages": 3}),
     (
         64,
         64,
-        {"num_warps": 4, "num_stages": 2, "SKIP_FULL": False},
-        {"num_warps": 4, "num_stages": 2, "SKIP_FULL": False},
+        {"num_warps": 4, "num_stages": 3, "SKIP_FULL": False},
+        {"num_warps": 4, "num_stages": 3, "SKIP_FULL": False},
     ),
-    (64, 64, {"num_warps": 4, "num_stages": 3}, {"num_warps": 4, "num_stages": 2}),
-    (128, 64, {"num_warps": 4, "num_stages": 3}, {"num_warps": 4, "num_stages": 2}),
-    (128, 64, {"num_warps": 8, "num_stages": 3}, {"num_warps": 8, "num_stages": 2}),
+    (64, 64, {"num_warps": 4, "num_stages": 2}, {"num_warps": 4, "num_stages": 2}),
+    (64, 64, {"num_warps": 4, "num_stages": 4}, {"num_warps": 4, "num_stages": 3}),
+    (128, 64, {"num_warps": 4, "num_stages": 3}, {"num_warps": 4, "num_stages": 3}),
+    (128, 128, {"num_warps": 8, "num_stages": 3}, {"num_warps": 8, "num_stages": 2}),
 ]
 # (chunk, dv_block, num_warps, segments); segments None = enough to fill the GPU, 1 = one program per (b, h)
 LINEAR_CONFIGS = [
@@ -211,6 +212,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-flex", action="store_true")
+    parser.add_argument("--no-linear", action="store_true", help="skip the linear-attention sweep")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not torch.cuda.is_available():
@@ -233,7 +235,8 @@ def main() -> None:
     def save() -> None:
         path.write_text(json.dumps(report, indent=2) + "\n")
 
-    tune_linear(args.linear_lengths, args.heads, args.dim, args.repeats, report["linear"], save)
+    if not args.no_linear:
+        tune_linear(args.linear_lengths, args.heads, args.dim, args.repeats, report["linear"], save)
     tune_block_sparse(
         args.lengths, args.heads, args.dim, args.repeats, not args.no_flex, report["block_sparse"], save
     )

@@ -349,6 +349,7 @@ def main() -> None:
         default=None,
         help="lengths for the linear-attention kernel (default: --lengths)",
     )
+    parser.add_argument("--no-linear", action="store_true", help="skip the linear-attention kernel")
     parser.add_argument("--patterns", nargs="+", default=None, help="subset of: " + ", ".join(_patterns()))
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--heads", type=int, default=16)
@@ -403,9 +404,10 @@ def main() -> None:
                 report["block_sparse"],
             )
         save()
-        report["linear"] = bench_linear(
-            args.linear_lengths or args.lengths, args.heads, args.dim, args.repeats
-        )
+        if not args.no_linear:
+            report["linear"] = bench_linear(
+                args.linear_lengths or args.lengths, args.heads, args.dim, args.repeats
+            )
     else:
         report["note"] = (
             "no GPU: the Triton kernels ran in the interpreter (TRITON_INTERPRET=1) on correctness-scale "

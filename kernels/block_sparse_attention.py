@@ -84,9 +84,13 @@ class BlockIndex:
         row_ptr: int32 ``(mask_batch * mask_heads * nQb + 1,)`` CSR offsets.
         row_kb: int32 ``(nnz,)`` key block of each CSR entry.
         row_tile: int32 ``(nnz,)`` tile id of each CSR entry, -1 for a full block.
+        row_mid: int32 ``(mask_batch * mask_heads * nQb,)``: in each row, entries ``row_ptr[r] :
+            row_mid[r]`` are full blocks that need no masking at all (no element mask, inside the
+            key range), entries ``row_mid[r] : row_ptr[r + 1]`` need the masked path.
         col_ptr: int32 ``(mask_batch * mask_heads * nKb + 1,)`` CSC offsets.
         col_qb: int32 ``(nnz,)`` query block of each CSC entry.
         col_tile: int32 ``(nnz,)`` tile id of each CSC entry, -1 for a full block.
+        col_mid: int32, like ``row_mid`` for the CSC lists (also masked: ragged query blocks).
         tiles: int8 ``(n_tiles, block_m, block_n)``, 1 = allowed (at least one dummy tile).
         density: active blocks / all blocks, averaged over mask batch and heads.
     """
@@ -100,9 +104,11 @@ class BlockIndex:
     row_ptr: Tensor
     row_kb: Tensor
     row_tile: Tensor
+    row_mid: Tensor
     col_ptr: Tensor
     col_qb: Tensor
     col_tile: Tensor
+    col_mid: Tensor
     tiles: Tensor
     density: float
 
@@ -133,23 +139,41 @@ class BlockIndex:
             raise ValueError(f"BlockIndex lives on {self.row_ptr.device}, tensors on {device}")
 
 
-def _csr(active: Tensor, tile_id: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """CSR of a bool ``(..., rows, cols)`` grid: offsets over the flattened rows, columns, tile ids."""
+def _csr(active: Tensor, tile_id: Tensor, masked: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """CSR of a bool ``(..., rows, cols)`` grid: offsets over the flattened rows, columns, tile ids,
+    and per row the offset where the entries that need masking (``masked``) start: each row lists
+    its unmasked entries first, then the masked ones, each group in column order."""
     rows = active.reshape(-1, active.shape[-1])
     counts = rows.sum(dim=1)
     ptr = torch.zeros(rows.shape[0] + 1, dtype=torch.int32, device=active.device)
     ptr[1:] = counts.cumsum(0)
     flat_row, col = rows.nonzero(as_tuple=True)
+    needs_mask = masked.expand(active.shape).reshape(rows.shape)[flat_row, col]
+    order = torch.argsort(flat_row * 2 + needs_mask.long(), stable=True)
+    flat_row, col = flat_row[order], col[order]
     tiles = tile_id.reshape(-1, tile_id.shape[-1])[flat_row, col]
-    return ptr, col.to(torch.int32), tiles.to(torch.int32)
+    unmasked = (rows & ~masked.expand(active.shape).reshape(rows.shape)).sum(dim=1)
+    mid = ptr[:-1] + unmasked.to(torch.int32)
+    return ptr, col.to(torch.int32), tiles.to(torch.int32), mid
 
 
 def _finish_index(
     active: Tensor, tile_id: Tensor, tiles: Tensor, block_m: int, block_n: int, q_len: int, k_len: int
 ) -> BlockIndex:
     device = active.device
-    row_ptr, row_kb, row_tile = _csr(active, tile_id)
-    col_ptr, col_qb, col_tile = _csr(active.transpose(-1, -2), tile_id.transpose(-1, -2))
+    nqb, nkb = active.shape[-2], active.shape[-1]
+    ragged_k = torch.zeros(nkb, dtype=torch.bool, device=device)
+    ragged_k[-1] = k_len % block_n != 0
+    ragged_q = torch.zeros(nqb, dtype=torch.bool, device=device)
+    ragged_q[-1] = q_len % block_m != 0
+    # Rows (forward, dq): a tile needs masking when it has an element mask or its keys run past
+    # k_len (query rows past q_len are never stored). Columns (dk, dv): also when its queries do.
+    row_masked = (tile_id >= 0) | ragged_k
+    col_masked = row_masked | ragged_q[:, None]
+    row_ptr, row_kb, row_tile, row_mid = _csr(active, tile_id, row_masked)
+    col_ptr, col_qb, col_tile, col_mid = _csr(
+        active.transpose(-1, -2), tile_id.transpose(-1, -2), col_masked.transpose(-1, -2)
+    )
     if tiles.shape[0] == 0:
         tiles = torch.ones(1, block_m, block_n, dtype=torch.int8, device=device)
     return BlockIndex(
@@ -162,9 +186,11 @@ def _finish_index(
         row_ptr=row_ptr,
         row_kb=row_kb,
         row_tile=row_tile,
+        row_mid=row_mid,
         col_ptr=col_ptr,
         col_qb=col_qb,
         col_tile=col_tile,
+        col_mid=col_mid,
         tiles=tiles.contiguous(),
         density=float(active.float().mean()) if active.numel() else 0.0,
     )
@@ -240,6 +266,13 @@ def build_block_index(
         if tile_chunks
         else torch.empty(0, block_m, block_n, dtype=torch.int8, device=device)
     )
+    if tiles.shape[0] > 1:
+        # Keep one copy of each distinct element mask (a window has two: the diagonal and the
+        # window's far edge), so the partial tiles the kernels read stay in cache.
+        tiles, inverse = torch.unique(tiles.view(tiles.shape[0], -1), dim=0, return_inverse=True)
+        tiles = tiles.view(-1, block_m, block_n)
+        partial = tile_id >= 0
+        tile_id[partial] = inverse.to(torch.int32)[tile_id[partial].long()]
     return _finish_index(active, tile_id, tiles, block_m, block_n, q_len, k_len)
 
 
@@ -295,29 +328,74 @@ def _tile_allowed(
 
 
 @triton.jit
-def _mask_scores(
-    scores,
-    tiles_ptr,
+def _load_rows(
+    base, offs_rows, offs_cols, stride_row, n_rows, n_cols, CHECK_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr
+):
+    """``(rows, cols)`` tile of a row-major matrix with unit column stride; bounds masks only where
+    they are needed (``CHECK_ROWS``; columns unless ``EVEN_COLS``), so full tiles load unmasked."""
+    ptrs = base + offs_rows[:, None] * stride_row + offs_cols[None, :]
+    if CHECK_ROWS:
+        if EVEN_COLS:
+            tile = tl.load(ptrs, mask=offs_rows[:, None] < n_rows, other=0.0)
+        else:
+            tile = tl.load(
+                ptrs, mask=(offs_rows[:, None] < n_rows) & (offs_cols[None, :] < n_cols), other=0.0
+            )
+    else:
+        if EVEN_COLS:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=offs_cols[None, :] < n_cols, other=0.0)
+    return tile
+
+
+@triton.jit
+def _fwd_block(
+    acc,
+    m_i,
+    l_i,
+    q,
+    k_base,
+    v_base,
+    tiles,
+    kb,
     tile,
     offs_m,
-    offs_n,
+    stride_kn,
+    stride_vn,
     q_len,
     k_len,
-    kb,
+    head_dim,
+    v_dim,
+    qk_scale,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    SKIP_FULL: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
-    """``(BLOCK_M, BLOCK_N)`` scores with disallowed entries at ``-inf``. With ``SKIP_FULL``, full
-    blocks inside the key range skip the element-mask load and select (a scalar branch)."""
-    if SKIP_FULL:
-        if (tile >= 0) | ((kb + 1) * BLOCK_N > k_len):
-            allowed = _tile_allowed(tiles_ptr, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
-            scores = tl.where(allowed, scores, float("-inf"))
+    """One key block of the online softmax. Unmasked blocks (full, inside the key range) skip the
+    bounds and element masks and the guard against all-masked rows."""
+    offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = _load_rows(k_base, offs_n, tl.arange(0, BLOCK_D), stride_kn, k_len, head_dim, MASKED, EVEN_D)
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if MASKED:
+        allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
+        qk = tl.where(allowed, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        allowed = _tile_allowed(tiles_ptr, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
-        scores = tl.where(allowed, scores, float("-inf"))
-    return scores
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_safe = m_new
+    # scale and shift in one multiply-add per score (qk_scale > 0 keeps -inf at -inf)
+    p = tl.exp2(qk * qk_scale - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _load_rows(v_base, offs_n, tl.arange(0, BLOCK_DV), stride_vn, k_len, v_dim, MASKED, EVEN_D)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, m_new, l_i
 
 
 @triton.jit
@@ -328,6 +406,7 @@ def _fwd_kernel(
     Out,
     LSE,
     row_ptr,
+    row_mid,
     row_kb,
     row_tile,
     tiles,
@@ -358,6 +437,7 @@ def _fwd_kernel(
     BLOCK_DV: tl.constexpr,
     PRECISION: tl.constexpr,
     SKIP_FULL: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     qb = tl.program_id(0)
     bh = tl.program_id(1)
@@ -367,46 +447,36 @@ def _fwd_kernel(
     row = b * mask_b_stride + h * mask_h_stride + qb
     start = tl.load(row_ptr + row)
     end = tl.load(row_ptr + row + 1)
+    if SKIP_FULL:
+        mid = tl.load(row_mid + row)
+    else:
+        mid = start
 
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     k_base = K + b.to(tl.int64) * stride_kb + hkv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + hkv.to(tl.int64) * stride_vh
-    q = tl.load(
-        q_base + offs_m[:, None] * stride_qm + offs_d[None, :],
-        mask=(offs_m[:, None] < q_len) & (offs_d[None, :] < head_dim),
-        other=0.0,
-    )
+    q = _load_rows(q_base, offs_m, tl.arange(0, BLOCK_D), stride_qm, q_len, head_dim, True, EVEN_D)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for entry in range(start, end):
+    # Full blocks first, with no masking at all, then the blocks that need the element / bounds mask.
+    for entry in range(start, mid):
+        kb = tl.load(row_kb + entry)
+        acc, m_i, l_i = _fwd_block(
+            acc, m_i, l_i, q, k_base, v_base, tiles, kb, -1, offs_m, stride_kn, stride_vn,
+            q_len, k_len, head_dim, v_dim, qk_scale,
+            BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, False, EVEN_D,
+        )  # fmt: skip
+    for entry in range(mid, end):
         kb = tl.load(row_kb + entry)
         tile = tl.load(row_tile + entry)
-        offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
-        k_t = tl.load(
-            k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
-            mask=(offs_n[None, :] < k_len) & (offs_d[:, None] < head_dim),
-            other=0.0,
-        )
-        scores = tl.dot(q, k_t, input_precision=PRECISION) * qk_scale
-        scores = _mask_scores(
-            scores, tiles, tile, offs_m, offs_n, q_len, k_len, kb, BLOCK_M, BLOCK_N, SKIP_FULL
-        )
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(scores - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
-            mask=(offs_n[:, None] < k_len) & (offs_dv[None, :] < v_dim),
-            other=0.0,
-        )
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = _fwd_block(
+            acc, m_i, l_i, q, k_base, v_base, tiles, kb, tile, offs_m, stride_kn, stride_vn,
+            q_len, k_len, head_dim, v_dim, qk_scale,
+            BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, True, EVEN_D,
+        )  # fmt: skip
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -421,6 +491,47 @@ def _fwd_kernel(
 
 
 @triton.jit
+def _dq_block(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_base,
+    v_base,
+    tiles,
+    kb,
+    tile,
+    offs_m,
+    stride_kn,
+    stride_vn,
+    q_len,
+    k_len,
+    head_dim,
+    v_dim,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr,
+):
+    offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = _load_rows(k_base, offs_n, tl.arange(0, BLOCK_D), stride_kn, k_len, head_dim, MASKED, EVEN_D)
+    v = _load_rows(v_base, offs_n, tl.arange(0, BLOCK_DV), stride_vn, k_len, v_dim, MASKED, EVEN_D)
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    if MASKED:
+        allowed = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, False)
+        qk = tl.where(allowed, qk, float("-inf"))
+    p = tl.exp2(qk * qk_scale - lse[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+
+
+@triton.jit
 def _bwd_dq_kernel(
     Q,
     K,
@@ -430,6 +541,7 @@ def _bwd_dq_kernel(
     LSE,
     DELTA,
     row_ptr,
+    row_mid,
     row_kb,
     row_tile,
     tiles,
@@ -464,6 +576,7 @@ def _bwd_dq_kernel(
     BLOCK_DV: tl.constexpr,
     PRECISION: tl.constexpr,
     SKIP_FULL: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     qb = tl.program_id(0)
     bh = tl.program_id(1)
@@ -473,56 +586,38 @@ def _bwd_dq_kernel(
     row = b * mask_b_stride + h * mask_h_stride + qb
     start = tl.load(row_ptr + row)
     end = tl.load(row_ptr + row + 1)
+    if SKIP_FULL:
+        mid = tl.load(row_mid + row)
+    else:
+        mid = start
 
     offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < q_len
-    q = tl.load(
-        Q
-        + b.to(tl.int64) * stride_qb
-        + h.to(tl.int64) * stride_qh
-        + offs_m[:, None] * stride_qm
-        + offs_d[None, :],
-        mask=row_ok[:, None] & (offs_d[None, :] < head_dim),
-        other=0.0,
-    )
-    do = tl.load(
-        DO
-        + b.to(tl.int64) * stride_dob
-        + h.to(tl.int64) * stride_doh
-        + offs_m[:, None] * stride_dom
-        + offs_dv[None, :],
-        mask=row_ok[:, None] & (offs_dv[None, :] < v_dim),
-        other=0.0,
-    )
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    q = _load_rows(q_base, offs_m, offs_d, stride_qm, q_len, head_dim, True, EVEN_D)
+    do = _load_rows(do_base, offs_m, tl.arange(0, BLOCK_DV), stride_dom, q_len, v_dim, True, EVEN_D)
     lse = tl.load(LSE + bh.to(tl.int64) * q_len + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + bh.to(tl.int64) * q_len + offs_m, mask=row_ok, other=0.0)
     k_base = K + b.to(tl.int64) * stride_kb + hkv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + hkv.to(tl.int64) * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for entry in range(start, end):
+    for entry in range(start, mid):
+        kb = tl.load(row_kb + entry)
+        dq = _dq_block(
+            dq, q, do, lse, delta, k_base, v_base, tiles, kb, -1, offs_m, stride_kn, stride_vn,
+            q_len, k_len, head_dim, v_dim, qk_scale,
+            BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, False, EVEN_D,
+        )  # fmt: skip
+    for entry in range(mid, end):
         kb = tl.load(row_kb + entry)
         tile = tl.load(row_tile + entry)
-        offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = tl.load(
-            k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
-            mask=(offs_n[:, None] < k_len) & (offs_d[None, :] < head_dim),
-            other=0.0,
-        )
-        v = tl.load(
-            v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
-            mask=(offs_n[:, None] < k_len) & (offs_dv[None, :] < v_dim),
-            other=0.0,
-        )
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        scores = _mask_scores(
-            scores, tiles, tile, offs_m, offs_n, q_len, k_len, kb, BLOCK_M, BLOCK_N, SKIP_FULL
-        )
-        p = tl.exp2(scores - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        dq = _dq_block(
+            dq, q, do, lse, delta, k_base, v_base, tiles, kb, tile, offs_m, stride_kn, stride_vn,
+            q_len, k_len, head_dim, v_dim, qk_scale,
+            BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, True, EVEN_D,
+        )  # fmt: skip
     dq = dq * sm_scale
     tl.store(
         DQ
@@ -536,6 +631,58 @@ def _bwd_dq_kernel(
 
 
 @triton.jit
+def _dkdv_block(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    do_base,
+    LSE,
+    DELTA,
+    stats,
+    tiles,
+    qb,
+    tile,
+    offs_n,
+    stride_qm,
+    stride_dom,
+    q_len,
+    k_len,
+    head_dim,
+    v_dim,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr,
+):
+    offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    q = _load_rows(q_base, offs_m, tl.arange(0, BLOCK_D), stride_qm, q_len, head_dim, MASKED, EVEN_D)
+    do = _load_rows(do_base, offs_m, tl.arange(0, BLOCK_DV), stride_dom, q_len, v_dim, MASKED, EVEN_D)
+    if MASKED:
+        row_ok = offs_m < q_len
+        lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
+    else:
+        lse = tl.load(LSE + stats + offs_m)
+        delta = tl.load(DELTA + stats + offs_m)
+    qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
+    if MASKED:
+        allowed_t = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, True)
+        qk_t = tl.where(allowed_t, qk_t, float("-inf"))
+    p_t = tl.exp2(qk_t * qk_scale - lse[None, :])
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
 def _bwd_dkdv_kernel(
     Q,
     K,
@@ -546,6 +693,7 @@ def _bwd_dkdv_kernel(
     LSE,
     DELTA,
     col_ptr,
+    col_mid,
     col_qb,
     col_tile,
     tiles,
@@ -584,6 +732,7 @@ def _bwd_dkdv_kernel(
     BLOCK_DV: tl.constexpr,
     PRECISION: tl.constexpr,
     SKIP_FULL: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     kb = tl.program_id(0)
     bhkv = tl.program_id(1)
@@ -593,24 +742,10 @@ def _bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     col_ok = offs_n < k_len
-    k = tl.load(
-        K
-        + b.to(tl.int64) * stride_kb
-        + hkv.to(tl.int64) * stride_kh
-        + offs_n[:, None] * stride_kn
-        + offs_d[None, :],
-        mask=col_ok[:, None] & (offs_d[None, :] < head_dim),
-        other=0.0,
-    )
-    v = tl.load(
-        V
-        + b.to(tl.int64) * stride_vb
-        + hkv.to(tl.int64) * stride_vh
-        + offs_n[:, None] * stride_vn
-        + offs_dv[None, :],
-        mask=col_ok[:, None] & (offs_dv[None, :] < v_dim),
-        other=0.0,
-    )
+    k_base = K + b.to(tl.int64) * stride_kb + hkv.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + hkv.to(tl.int64) * stride_vh
+    k = _load_rows(k_base, offs_n, offs_d, stride_kn, k_len, head_dim, True, EVEN_D)
+    v = _load_rows(v_base, offs_n, offs_dv, stride_vn, k_len, v_dim, True, EVEN_D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     for g in range(group):
@@ -618,41 +753,28 @@ def _bwd_dkdv_kernel(
         col = b * mask_b_stride + h * mask_h_stride + kb
         start = tl.load(col_ptr + col)
         end = tl.load(col_ptr + col + 1)
+        if SKIP_FULL:
+            mid = tl.load(col_mid + col)
+        else:
+            mid = start
         q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
         do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
         stats = (b * num_heads + h).to(tl.int64) * q_len
-        for entry in range(start, end):
+        for entry in range(start, mid):
+            qb = tl.load(col_qb + entry)
+            dk, dv = _dkdv_block(
+                dk, dv, k, v, q_base, do_base, LSE, DELTA, stats, tiles, qb, -1, offs_n,
+                stride_qm, stride_dom, q_len, k_len, head_dim, v_dim, qk_scale,
+                BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, False, EVEN_D,
+            )  # fmt: skip
+        for entry in range(mid, end):
             qb = tl.load(col_qb + entry)
             tile = tl.load(col_tile + entry)
-            offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < q_len
-            q = tl.load(
-                q_base + offs_m[:, None] * stride_qm + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d[None, :] < head_dim),
-                other=0.0,
-            )
-            do = tl.load(
-                do_base + offs_m[:, None] * stride_dom + offs_dv[None, :],
-                mask=row_ok[:, None] & (offs_dv[None, :] < v_dim),
-                other=0.0,
-            )
-            lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=float("inf"))
-            delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
-            scores_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
-            if SKIP_FULL:
-                if (tile >= 0) | ((qb + 1) * BLOCK_M > q_len) | ((kb + 1) * BLOCK_N > k_len):
-                    allowed_t = _tile_allowed(
-                        tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, True
-                    )
-                    scores_t = tl.where(allowed_t, scores_t, float("-inf"))
-            else:
-                allowed_t = _tile_allowed(tiles, tile, offs_m, offs_n, q_len, k_len, BLOCK_M, BLOCK_N, True)
-                scores_t = tl.where(allowed_t, scores_t, float("-inf"))
-            p_t = tl.exp2(scores_t - lse[None, :])
-            dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
-            dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-            ds_t = p_t * (dp_t - delta[None, :])
-            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+            dk, dv = _dkdv_block(
+                dk, dv, k, v, q_base, do_base, LSE, DELTA, stats, tiles, qb, tile, offs_n,
+                stride_qm, stride_dom, q_len, k_len, head_dim, v_dim, qk_scale,
+                BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, PRECISION, True, EVEN_D,
+            )  # fmt: skip
     dk = dk * sm_scale
     tl.store(
         DK
@@ -680,7 +802,8 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# Full blocks skip the element-mask select; launch_config(forward={"SKIP_FULL": False}) turns it off.
+# Full blocks run an unmasked loop before the masked one; launch_config(forward={"SKIP_FULL": False})
+# sends every block through the masked loop (for comparison).
 SKIP_FULL_DEFAULT = True
 # Per-pass launch overrides ("forward", "backward") set by :func:`launch_config` (tuning runs).
 _LAUNCH_OVERRIDES: dict[str, dict[str, int]] = {}
@@ -704,7 +827,8 @@ def launch_config(forward: dict[str, int] | None = None, backward: dict[str, int
 def _launch_options(head_dim: int, device: torch.device, kind: str = "forward") -> dict[str, int]:
     if device.type == "cpu":
         return {}
-    options = {"num_warps": 4 if head_dim <= 64 else 8, "num_stages": 2}
+    # 3 stages measured best for head dim 64 (bench/kernel_tuning.py); 2 keep large heads in shared memory
+    options = {"num_warps": 4 if head_dim <= 64 else 8, "num_stages": 3 if head_dim <= 128 else 2}
     options.update({k: v for k, v in _LAUNCH_OVERRIDES.get(kind, {}).items() if k != "SKIP_FULL"})
     return options
 
@@ -738,6 +862,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, index: BlockIndex, scale: float) -
         out,
         lse,
         index.row_ptr,
+        index.row_mid,
         index.row_kb,
         index.row_tile,
         index.tiles,
@@ -768,6 +893,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, index: BlockIndex, scale: float) -
         BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
         PRECISION=_precision(q.dtype),
         SKIP_FULL=_skip_full("forward"),
+        EVEN_D=D == max(16, triton.next_power_of_2(D)) and Dv == max(16, triton.next_power_of_2(Dv)),
         **_launch_options(max(D, Dv), q.device),
     )
     return out, lse
@@ -797,6 +923,7 @@ def _backward(
         "BLOCK_DV": max(16, triton.next_power_of_2(Dv)),
         "PRECISION": _precision(q.dtype),
         "SKIP_FULL": _skip_full("backward"),
+        "EVEN_D": D == max(16, triton.next_power_of_2(D)) and Dv == max(16, triton.next_power_of_2(Dv)),
         **_launch_options(max(D, Dv), q.device, "backward"),
     }
     qk_scale = scale * _LOG2E
@@ -810,6 +937,7 @@ def _backward(
         lse,
         delta,
         index.row_ptr,
+        index.row_mid,
         index.row_kb,
         index.row_tile,
         index.tiles,
@@ -851,6 +979,7 @@ def _backward(
         lse,
         delta,
         index.col_ptr,
+        index.col_mid,
         index.col_qb,
         index.col_tile,
         index.tiles,

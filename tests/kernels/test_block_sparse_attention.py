@@ -225,6 +225,33 @@ def test_index_reproduces_the_element_mask(mask):
     assert col_entries == row_entries
 
 
+@pytest.mark.parametrize("length", [32, 30])
+def test_index_lists_unmasked_blocks_first(length):
+    """Each CSR row / CSC column lists the blocks the kernels run unmasked (full, inside both
+    ranges) before those that need the element or bounds mask; ``*_mid`` is the boundary."""
+    from kernels.block_sparse_attention import build_block_index
+
+    index = build_block_index(SinkWindow(8, 17).mask_mod("cpu"), length, length, block_m=8, block_n=8)
+    ragged = length % 8 != 0
+    last = index.n_k_blocks - 1
+    for ptr, mid, blocks, tiles, columns in (
+        (index.row_ptr, index.row_mid, index.row_kb, index.row_tile, False),
+        (index.col_ptr, index.col_mid, index.col_qb, index.col_tile, True),
+    ):
+        n_unmasked = 0
+        for r in range(ptr.numel() - 1):
+            start, middle, end = int(ptr[r]), int(mid[r]), int(ptr[r + 1])
+            assert start <= middle <= end
+            for e in range(start, end):
+                # rows: key block ragged; columns: the column's key block or the query block ragged
+                edge = ragged and (int(blocks[e]) == last or (columns and r == last))
+                needs_mask = int(tiles[e]) >= 0 or edge
+                assert needs_mask == (e >= middle), (r, e)
+            assert blocks[start:middle].tolist() == sorted(blocks[start:middle].tolist())
+            n_unmasked += middle - start
+        assert n_unmasked > 0
+
+
 def test_window_index_visits_only_band_blocks():
     from kernels.block_sparse_attention import build_block_index
 
