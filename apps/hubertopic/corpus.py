@@ -52,7 +52,9 @@ class CorpusConfig:
     """Size and voices of the espeak-ng corpus.
 
     Speaker `i` uses accent `i mod len(accents)` and alternates male/female variants; its pitch
-    (espeak `-p`) and speed (`-s`, words per minute) are drawn once from `seed`.
+    (espeak `-p`) and speed (`-s`, words per minute) are drawn once from `seed`. Each utterance
+    speaks `sentences_per_utterance` different sentences of one theme (1: about 3 s; 3: about 10 s,
+    closer to LibriSpeech's utterances and long enough for a topic model to see the theme).
     """
 
     num_speakers: int = 16
@@ -61,6 +63,13 @@ class CorpusConfig:
     accents: list[str] = field(default_factory=lambda: list(ACCENTS[:4]))
     valid_fraction: float = 0.1
     seed: int = 0
+    sentences_per_utterance: int = 1
+
+    def __post_init__(self) -> None:
+        if self.sentences_per_utterance < 1:
+            raise ValueError(
+                f"generator.sentences_per_utterance must be >= 1, got {self.sentences_per_utterance}"
+            )
 
 
 @dataclass
@@ -162,9 +171,12 @@ def build_corpus(out_dir: str | Path, config: CorpusConfig | None = None) -> dic
     config = config or CorpusConfig()
     out_dir = Path(out_dir)
     sentences = load_sentences(config.themes)
+    recorded = asdict(config)
+    if recorded["sentences_per_utterance"] == 1:
+        del recorded["sentences_per_utterance"]  # corpora built before the knob existed stay valid
     expected = {
         "generator_version": GENERATOR_VERSION,
-        "config": json.loads(json.dumps(asdict(config))),
+        "config": json.loads(json.dumps(recorded)),
         "sentences_sha256": _sentence_digest(sentences),
     }
     meta = _read_meta(out_dir)
@@ -188,7 +200,17 @@ def build_corpus(out_dir: str | Path, config: CorpusConfig | None = None) -> dic
             for index in range(config.utterances_per_speaker):
                 theme_index = int(rng.integers(len(config.themes)))
                 theme = config.themes[theme_index]
-                sentence = sentences[theme][int(rng.integers(len(sentences[theme])))]
+                pool = sentences[theme]
+                if config.sentences_per_utterance == 1:  # the draw of the first corpora, kept as it was
+                    sentence = pool[int(rng.integers(len(pool)))]
+                else:
+                    if config.sentences_per_utterance > len(pool):
+                        raise ValueError(
+                            f"generator.sentences_per_utterance={config.sentences_per_utterance} but theme "
+                            f"{theme!r} has only {len(pool)} sentences"
+                        )
+                    chosen = rng.choice(len(pool), size=config.sentences_per_utterance, replace=False)
+                    sentence = " ".join(pool[int(i)] for i in chosen)
                 chapter = str(theme_index + 1)
                 utt_id = f"{speaker.speaker_id}-{chapter}-{index:04d}"
                 waveform = synthesize(sentence, speaker, Path(tmp))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.hubertopic.corpus import CorpusConfig, build_corpus, speakers, transcript_text
+from apps.hubertopic.corpus import CorpusConfig, build_corpus, load_sentences, speakers, transcript_text
 from apps.hubertopic.formats import read_librispeech, read_manifest
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -43,3 +43,26 @@ def test_speakers_alternate_gender_and_transcripts_are_normalised():
     assert [s.gender for s in voices] == ["M", "F", "M", "F"]
     assert len({s.voice for s in voices}) == 4
     assert transcript_text("The ship's cargo: salt, timber!") == "THE SHIP'S CARGO SALT TIMBER"
+
+
+def test_several_sentences_per_utterance(tmp_path: Path):
+    one = CorpusConfig(num_speakers=2, utterances_per_speaker=2, themes=["sea", "space"])
+    three = CorpusConfig(
+        num_speakers=2, utterances_per_speaker=2, themes=["sea", "space"], sentences_per_utterance=3
+    )
+    short = build_corpus(tmp_path / "one", one)
+    long = build_corpus(tmp_path / "three", three)
+    assert "sentences_per_utterance" not in short["config"]  # corpora built before the knob stay valid
+    assert long["config"]["sentences_per_utterance"] == 3
+    assert long["seconds_of_audio"] > 2 * short["seconds_of_audio"]
+    sentences = {t: [transcript_text(s) for s in load_sentences([t])[t]] for t in ("sea", "space")}
+    for utt in read_librispeech(tmp_path / "three" / "corpus"):
+        parts = [s for s in sentences[utt.meta["theme"]] if s in utt.transcript]
+        assert len(parts) == 3 and sum(len(p) for p in parts) + 2 == len(utt.transcript)
+    with pytest.raises(ValueError, match="sentences_per_utterance"):
+        CorpusConfig(sentences_per_utterance=0)
+    with pytest.raises(ValueError, match="has only 16 sentences"):
+        build_corpus(
+            tmp_path / "many",
+            CorpusConfig(num_speakers=1, utterances_per_speaker=1, sentences_per_utterance=17),
+        )
