@@ -25,6 +25,9 @@ the perturbation of attention adversarial training (Kitada & Iyatomi, 2021).
   ``<mask>`` becomes the encoder's ``[MASK]``); the sentence's pieces run through the encoder
   (frozen or fine-tuned), word states are the mean of their pieces' states, and the same sentence
   attention as TNet-ATT (aspect query = mean of the aspect words' states) feeds the classifier.
+  With the encoder frozen, its word states depend on the token ids alone (PSSA's ``<mask>`` erasures
+  included), so training can read them from a ``WordStateCache`` instead of running the encoder on
+  every step (``state_cache``; see the class).
 
 The models take token ids, so ONNX/TorchScript graphs go from ids and the aspect span to class
 probabilities (``ProbabilityHead``).
@@ -307,6 +310,11 @@ class PretrainedATT(ABSAModel):
             by default, which is what makes CPU runs practical.
         max_pieces: word pieces kept per word.
         dropout: on the word states.
+        state_cache: let the training module cache the frozen encoder's word states
+            (:class:`WordStateCache`): ``None`` (default) = on when the encoder is frozen, ``False`` =
+            run the encoder on every step; ``True`` with ``finetune`` is an error. The cache is only
+            switched on by ``ABSAModule`` (fit and test), never in a plain forward or an export.
+        state_cache_dtype: ``float32`` (default; exact) or ``float16`` (half the memory).
     """
 
     def __init__(
@@ -316,10 +324,26 @@ class PretrainedATT(ABSAModel):
         finetune: bool = False,
         max_pieces: int = 4,
         dropout: float = 0.1,
+        state_cache: bool | None = None,
+        state_cache_dtype: str = "float32",
     ) -> None:
         from apps.common.pretrained import PretrainedEncoder, load_tokenizer
 
+        if state_cache and finetune:
+            raise ValueError(
+                "app.model.state_cache=true needs a frozen encoder (app.model.finetune=false): a "
+                "fine-tuned encoder's states change every step"
+            )
+        if state_cache_dtype not in ("float32", "float16"):
+            raise ValueError(
+                f"app.model.state_cache_dtype must be float32 or float16, got {state_cache_dtype!r}"
+            )
         super().__init__(vocab, 1, dropout)
+        self.use_state_cache = (not finetune) if state_cache is None else bool(state_cache)
+        self.state_cache_dtype = getattr(torch, state_cache_dtype)
+        # set by ABSAModule while it trains / tests (a plain attribute: not saved, not exported)
+        self.state_cache: WordStateCache | None = None
+        self._compact_layout: tuple[Tensor, int] | None = None
         del self.embedding
         self.encoder = PretrainedEncoder(encoder_path, trainable=finetune)
         tokenizer = load_tokenizer(encoder_path)
@@ -345,7 +369,14 @@ class PretrainedATT(ABSAModel):
 
     def word_importance(self, grad_times_input: Tensor, tokens: Tensor) -> Tensor:
         batch, length = tokens.shape
-        per_piece = grad_times_input[:, 1:-1].sum(-1)
+        per_piece = grad_times_input.sum(-1)
+        layout = self._compact_layout
+        if layout is not None and per_piece.shape[1] == layout[1] and layout[0].shape[0] == batch:
+            # the compact encoding ran (cache on): put each piece back at its padded position
+            order = layout[0]
+            full = per_piece.new_zeros(batch, 2 + length * self.max_pieces)
+            per_piece = full.scatter(1, order, per_piece)
+        per_piece = per_piece[:, 1:-1]
         return per_piece.reshape(batch, length, self.max_pieces).sum(-1).abs()
 
     def _pieces(self, tokens: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -367,6 +398,39 @@ class PretrainedATT(ABSAModel):
         positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         return ids, mask, positions
 
+    def _pool(self, states: Tensor, mask: Tensor, batch: int, length: int) -> Tensor:
+        """Word states ``(B, L, E)``: mean of each word's pieces in ``states (B, 2 + L·P, E)``."""
+        states = states[:, 1:-1].reshape(batch, length, self.max_pieces, -1)
+        piece_mask = mask[:, 1:-1].reshape(batch, length, self.max_pieces).unsqueeze(-1).to(states.dtype)
+        return (states * piece_mask).sum(2) / piece_mask.sum(2).clamp(min=1.0)
+
+    def encode_words(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Encoder word states ``(B, L, E)`` (before dropout): the pieces in their padded layout
+        (``L·P`` piece slots per sentence, fixed shapes: the exported path)."""
+        valid = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) < lengths.unsqueeze(1)
+        ids, mask, positions = self._pieces(tokens, valid)
+        return self._pool(self.encoder(ids, mask, positions), mask, *tokens.shape)
+
+    def encode_words_compact(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """The same word states as :meth:`encode_words` (up to float rounding), with the encoder run
+        on the real pieces only, moved to the front (``[CLS] pieces [SEP]``, the longest row's count;
+        a few times shorter than the padded layout). Position ids are unchanged (the real pieces'
+        were already ``0..n-1``) and padding is masked, so only the summation order differs.
+        Data-dependent shapes: used for the cache and for importance while the cache is on."""
+        batch, length = tokens.shape
+        valid = torch.arange(length, device=tokens.device).unsqueeze(0) < lengths.unsqueeze(1)
+        ids, mask, _ = self._pieces(tokens, valid)
+        count = int(mask.sum(1).max())
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :count]
+        compact_mask = mask.gather(1, order)
+        compact_ids = ids.gather(1, order).masked_fill(~compact_mask, self.pad_piece)
+        self._compact_layout = (order, count)
+        states = self.encoder(compact_ids, compact_mask)
+        states = states * compact_mask.unsqueeze(-1).to(states.dtype)
+        full = states.new_zeros(batch, ids.shape[1], states.shape[-1])
+        full = full.scatter(1, order.unsqueeze(-1).expand(-1, -1, states.shape[-1]), states)
+        return self._pool(full, mask, batch, length)
+
     def forward(
         self,
         tokens: Tensor,
@@ -375,12 +439,105 @@ class PretrainedATT(ABSAModel):
         aspect_end: Tensor,
         score_offset: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        valid, aspect, context = span_masks(tokens, lengths, aspect_start, aspect_end)
-        ids, mask, positions = self._pieces(tokens, valid)
-        states = self.encoder(ids, mask, positions)[:, 1:-1]
-        batch, length = tokens.shape
-        states = states.reshape(batch, length, self.max_pieces, -1)
-        piece_mask = mask[:, 1:-1].reshape(batch, length, self.max_pieces).unsqueeze(-1).to(states.dtype)
-        words = (states * piece_mask).sum(2) / piece_mask.sum(2).clamp(min=1.0)
+        _, aspect, context = span_masks(tokens, lengths, aspect_start, aspect_end)
+        cache = self.state_cache
+        if cache is None:
+            words = self.encode_words(tokens, lengths)
+        elif cache.bypass:
+            words = self.encode_words_compact(tokens, lengths)
+        else:
+            words = cache.lookup(self, tokens, lengths)
         words = self.dropout(words)
         return self.attend(masked_mean(words, aspect), words, context, score_offset)
+
+
+class WordStateCache:
+    """Word states of a frozen encoder, one entry per distinct input sentence.
+
+    The frozen encoder (eval mode, no dropout, no gradient to its weights) maps a sentence's token ids
+    to the same word states at every step, so they can be computed once and the attention and
+    classifier head trained on them. The key is the sentence's token ids *after* PSSA's erasures
+    (``<mask>`` ids included), so an entry is never stale: when a round erases new words, those
+    sentences have new keys and are encoded again. ``clear()`` drops everything (the module does it
+    at the start of every fit, i.e. of every PSSA stage, which bounds the memory to one stage's
+    sentences: about 130 MB for the three splits of the default dataset in float32). Entries are
+    encoded in batches sorted by length, without gradient, through
+    :meth:`PretrainedATT.encode_words_compact`, and kept on the CPU in ``dtype``.
+
+    ``bypass`` (a context flag, :meth:`bypassed`) makes the model run the encoder instead, for
+    gradient × input importance, which needs the encoder's input embeddings in the graph.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32, batch_size: int = 256) -> None:
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.store: dict[bytes, Tensor] = {}
+        self.bypass = False
+        self.encoded = 0
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def clear(self) -> None:
+        self.store.clear()
+
+    @staticmethod
+    def key(tokens: Tensor) -> bytes:
+        return tokens.detach().to("cpu", torch.int64).numpy().tobytes()
+
+    def bypassed(self) -> _Bypass:
+        return _Bypass(self)
+
+    @torch.no_grad()
+    def fill(self, model: PretrainedATT, sentences: Sequence[Tensor]) -> int:
+        """Encode the sentences (1-D token ids, no padding) not yet cached; returns how many."""
+        todo: dict[bytes, Tensor] = {}
+        for sentence in sentences:
+            key = self.key(sentence)
+            if key not in self.store:
+                todo.setdefault(key, sentence)
+        if not todo:
+            return 0
+        if model.encoder.trainable:
+            raise RuntimeError("WordStateCache: the encoder is trainable; its states are not fixed")
+        items = sorted(todo.items(), key=lambda kv: len(kv[1]))
+        device = next(model.encoder.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                lengths = torch.tensor([len(t) for _, t in chunk], dtype=torch.long)
+                tokens = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
+                for row, (_, t) in enumerate(chunk):
+                    tokens[row, : len(t)] = t.to("cpu")
+                words = model.encode_words_compact(tokens.to(device), lengths.to(device)).to("cpu")
+                for row, (key, t) in enumerate(chunk):
+                    self.store[key] = words[row, : len(t)].to(self.dtype).clone()
+        finally:
+            model._compact_layout = None
+            model.train(was_training)
+        self.encoded += len(items)
+        return len(items)
+
+    def lookup(self, model: PretrainedATT, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """Word states ``(B, L, E)`` float32 of a padded batch (zeros at padding), encoding misses."""
+        rows = [tokens[row, : int(n)] for row, n in enumerate(lengths.tolist())]
+        self.hits += len(rows) - self.fill(model, rows)
+        out = torch.zeros(tokens.shape[0], tokens.shape[1], model.encoder.hidden_size)
+        for row, sentence in enumerate(rows):
+            out[row, : len(sentence)] = self.store[self.key(sentence)]
+        return out.to(tokens.device)
+
+
+class _Bypass:
+    def __init__(self, cache: WordStateCache) -> None:
+        self.cache = cache
+
+    def __enter__(self) -> WordStateCache:
+        self.cache.bypass = True
+        return self.cache
+
+    def __exit__(self, *exc: object) -> None:
+        self.cache.bypass = False

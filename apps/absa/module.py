@@ -17,6 +17,7 @@ by position, restricted to the sentence's context words, each normalised): ``r =
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,11 @@ class ABSAModule(BaseModule):
         encoder_lr: learning rate of a fine-tuned pretrained encoder (its own parameter group); the
             rest of the model uses the optimiser's.
         attention_plots: sentences shaded by attention, drawn into ``<run>/plots`` per validation epoch.
+        val_kendall_tau: compute the attention–importance Kendall τ on validation every epoch (it
+            is only logged, never used for selection; the test τ is always computed). Each needs a
+            gradient through the model, i.e. through the encoder of a pretrained model even with
+            the state cache on, which dominates an epoch there (``experiment=absa_pretrained`` sets
+            it false).
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class ABSAModule(BaseModule):
         word_vectors: str | None = None,
         encoder_lr: float | None = None,
         attention_plots: int = 6,
+        val_kendall_tau: bool = True,
         model_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
@@ -128,6 +135,7 @@ class ABSAModule(BaseModule):
         self.word_vectors = word_vectors
         self.encoder_lr = encoder_lr
         self.attention_plots = attention_plots
+        self.val_kendall_tau = val_kendall_tau
         self._outputs: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
 
     # ------------------------------------------------------------------ training
@@ -142,7 +150,50 @@ class ABSAModule(BaseModule):
         ]
         return [g for g in groups if g["params"]]
 
+    # ------------------------------------------------------------------ frozen-encoder state cache
+    def _state_cache(self) -> Any:
+        """The model's word-state cache, created on first use when the model asks for one
+        (``PretrainedATT`` with a frozen encoder, ``app.model.state_cache``); else ``None``."""
+        if not getattr(self.model, "use_state_cache", False):
+            return None
+        if self.model.state_cache is None:
+            from apps.absa.model import WordStateCache
+
+            self.model.state_cache = WordStateCache(self.model.state_cache_dtype)
+        return self.model.state_cache
+
+    def _fill_state_cache(self, loaders: list[Any]) -> None:
+        cache = self._state_cache()
+        if cache is None:
+            return
+        started = time.perf_counter()
+        sentences = [
+            batch["tokens"][row, : int(n)]
+            for loader in loaders
+            for batch in loader
+            for row, n in enumerate(batch["lengths"].tolist())
+        ]
+        encoded = cache.fill(self.model, sentences)
+        log.info(
+            "state cache: encoded %d distinct sentences in %.1f s (%d cached, %s)",
+            encoded,
+            time.perf_counter() - started,
+            len(cache),
+            str(cache.dtype).removeprefix("torch."),
+        )
+
+    def on_test_start(self) -> None:
+        self._state_cache()  # created if missing (apps.eval); test sentences are encoded on first use
+
     def on_fit_start(self) -> None:
+        cache = self._state_cache()
+        if cache is not None:
+            # a new stage (PSSA round or final): the erasures may have changed; drop the old entries
+            # (they are keyed by content, so this bounds memory, it is not needed for correctness)
+            cache.clear()
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is not None:  # else filled lazily, batch by batch
+                self._fill_state_cache([datamodule.train_dataloader(), datamodule.val_dataloader()])
         if self.word_vectors and not hasattr(self.model, "embedding"):
             raise ValueError(
                 "app.module.word_vectors: this model has no word embedding table (a pretrained encoder)"
@@ -214,11 +265,16 @@ class ABSAModule(BaseModule):
             captured["embedded"] = output.detach().clone().requires_grad_(True)
             return captured["embedded"]
 
+        cache = getattr(self.model, "state_cache", None)
         with torch.inference_mode(False), torch.enable_grad():
             inputs = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
             handle = self.model.importance_site().register_forward_hook(embeddings_as_leaf)
             try:
-                logits, _, _ = self._forward(inputs)
+                if cache is not None:
+                    with cache.bypassed():  # the encoder must run: its input embeddings are the leaf
+                        logits, _, _ = self._forward(inputs)
+                else:
+                    logits, _, _ = self._forward(inputs)
                 chosen = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
                 (grad,) = torch.autograd.grad(chosen, captured["embedded"])
             finally:
@@ -232,13 +288,16 @@ class ABSAModule(BaseModule):
         _, _, context = span_masks(
             batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"]
         )
-        importance = self._importance(batch)
+        tau = None
+        if stage != "val" or self.val_kendall_tau:
+            importance = self._importance(batch)
+            tau = kendall_tau_rows(weights.detach().cpu(), importance.cpu(), context.cpu())
         self._outputs[stage].append(
             {
                 "index": batch["index"].cpu(),
                 "predictions": logits.argmax(dim=1).cpu(),
                 "labels": batch["labels"].cpu(),
-                "tau": kendall_tau_rows(weights.detach().cpu(), importance.cpu(), context.cpu()),
+                "tau": tau,
                 "weights": weights.detach().cpu(),
             }
         )
@@ -257,7 +316,7 @@ class ABSAModule(BaseModule):
         index = torch.cat([o["index"] for o in outputs])
         predictions = torch.cat([o["predictions"] for o in outputs])
         labels = torch.cat([o["labels"] for o in outputs])
-        tau = torch.cat([o["tau"] for o in outputs])
+        tau = torch.cat([o["tau"] for o in outputs]) if outputs[0]["tau"] is not None else None
         examples = self._split_examples(stage)
         buckets = [examples[i].opinion_bucket for i in index.tolist()] if examples is not None else None
         report = classification_report(predictions, labels, buckets, tau)

@@ -97,3 +97,45 @@ def test_eval_and_export_entries(pssa_run, cli):
     result = cli("apps.eval", "app=absa", f"ckpt_path={ckpt}", f"paths.output_root={run}", *common)
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0.0 <= printed["test/acc"] <= 1.0 and "test/macro_f1" in printed
+
+
+def test_pretrained_pssa_with_state_cache_resumes_an_interrupted_stage(tmp_path, tiny_encoder):
+    """experiment=absa_pretrained (tiny local encoder): every stage caches the frozen encoder's word
+    states; rerunning with more epochs skips the rounds and continues the final stage from its
+    last.ckpt, rebuilding the cache (it is never saved in a checkpoint)."""
+    from tests.conftest import run_cli
+
+    args = [
+        "apps.train",
+        "app=absa",
+        "experiment=absa_pretrained",
+        "trainer=smoke",
+        "trainer.max_epochs=1",
+        "app.runner.rounds=2",
+        "app.runner.entropy_threshold=10.0",
+        f"app.model.encoder_path={tiny_encoder}",
+        "app.data.generator.n_train=200",
+        "app.data.generator.n_test=60",
+        "app.data.batch_size=16",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.output_root={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    run_cli(*args)
+    run = tmp_path / "run"
+    log = (run / "train.log").read_text()
+    assert log.count("state cache: encoded") == 3  # round1, round2, final
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert "test/kendall_tau" in metrics["test"] and "test/kendall_tau" in metrics["base_test"]
+    header = (run / "final" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/acc" in header and "val/kendall_tau" not in header  # val_kendall_tau=false
+    final = load_checkpoint(run / "final" / "checkpoints" / "last.ckpt")
+    assert final["epoch"] == 0 and not any("cache" in key for key in final["state_dict"])
+    round1 = (run / "round1" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+
+    proc = run_cli(*args[:4], "trainer.max_epochs=2", *args[5:])
+    assert "final/checkpoints/last.ckpt" in proc.stdout + proc.stderr  # restored from it
+    assert (run / "round1" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == round1
+    assert load_checkpoint(run / "final" / "checkpoints" / "last.ckpt")["epoch"] == 1
+    assert (run / "train.log").read_text().count("state cache: encoded") == 4

@@ -187,3 +187,97 @@ def test_pretrained_model_pieces_attention_importance_and_torchscript(tiny_encod
     assert not any(p.requires_grad for p in model.encoder.parameters())
     report = export_graphs(model.export_graphs(batch), tmp_path, ["torchscript"])
     assert report["ok"]
+
+
+def _pretrained_batch() -> dict[str, torch.Tensor]:
+    return {
+        "tokens": torch.tensor([[3, 4, 5, 6, 7, 8, 9], [3, 4, 6, 2, 9, 0, 0], [4, 5, 6, 8, 0, 0, 0]]),
+        "lengths": torch.tensor([7, 5, 4]),
+        "aspect_start": torch.tensor([1, 1, 0]),
+        "aspect_end": torch.tensor([3, 2, 2]),
+    }
+
+
+PRETRAINED_VOCAB = ["<pad>", "<unk>", "<mask>", "the", "battery", "life", "is", "unbelievably", "good", "."]
+
+
+def test_state_cache_matches_the_encoder_path(tiny_encoder):
+    """Cached word states give the logits, attention and scores of running the frozen encoder;
+    erasing a word (PSSA's <mask>) is a new key, so the cache never serves stale states."""
+    from apps.absa.model import PretrainedATT, WordStateCache
+
+    torch.manual_seed(0)
+    model = PretrainedATT(PRETRAINED_VOCAB, encoder_path=tiny_encoder, dropout=0.0).eval()
+    assert model.use_state_cache and model.state_cache is None
+    batch = _pretrained_batch()
+    with torch.no_grad():
+        reference = model(**batch)
+        torch.testing.assert_close(
+            model.encode_words_compact(batch["tokens"], batch["lengths"]),
+            model.encode_words(batch["tokens"], batch["lengths"]),
+            atol=1e-5,
+            rtol=1e-4,
+        )
+        model.state_cache = WordStateCache()
+        cached = model(**batch)
+        assert len(model.state_cache) == 3 and model.state_cache.encoded == 3
+        again = model(**batch)
+        assert model.state_cache.encoded == 3 and model.state_cache.hits == 3
+        for ref, got, repeat in zip(reference, cached, again):
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(repeat, got)
+        erased = {k: v.clone() for k, v in batch.items()}
+        erased["tokens"][0, 5] = 2  # PSSA erases "good" in the first sentence
+        masked = model(**erased)
+        assert len(model.state_cache) == 4  # one new entry, the other two are hits
+        model.state_cache = None
+        torch.testing.assert_close(masked[0], model(**erased)[0], atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(masked[0][0], reference[0][0])
+        # float16 storage: half the memory, close to the float32 result
+        model.state_cache = WordStateCache(torch.float16)
+        half = model(**batch)
+        assert next(iter(model.state_cache.store.values())).dtype == torch.float16
+        torch.testing.assert_close(half[0], reference[0], atol=5e-3, rtol=5e-3)
+    # the cache is no parameter or buffer: checkpoints and exports are unchanged
+    assert not any("cache" in key for key in model.state_dict())
+
+
+def test_state_cache_training_and_importance_match_the_uncached_path(tiny_encoder):
+    """A few optimiser steps on cached states give the same parameters as on the encoder's output;
+    gradient × input importance runs the encoder (compact layout) and matches the padded path."""
+    from apps.absa.model import PretrainedATT, WordStateCache
+    from apps.absa.module import ABSAModule
+
+    batch = _pretrained_batch()
+    labels = torch.tensor([2, 0, 1])
+    trained = []
+    for use_cache in (False, True):
+        torch.manual_seed(0)
+        model = PretrainedATT(PRETRAINED_VOCAB, encoder_path=tiny_encoder, dropout=0.0).train()
+        model.state_cache = WordStateCache() if use_cache else None
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(3):
+            logits, _, _ = model(**batch)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(logits, labels).backward()
+            optimizer.step()
+        trained.append(model)
+    assert trained[1].state_cache.encoded == 3 and trained[1].state_cache.hits == 6
+    for (name, a), (_, b) in zip(trained[0].named_parameters(), trained[1].named_parameters()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+    module = ABSAModule(trained[1].eval(), optimizer=partial(torch.optim.Adam, lr=1e-3))
+    with_cache = module._importance(batch)
+    assert not trained[1].state_cache.bypass
+    trained[1].state_cache = None
+    torch.testing.assert_close(with_cache, module._importance(batch), atol=1e-5, rtol=1e-3)
+
+
+def test_state_cache_options(tiny_encoder):
+    from apps.absa.model import PretrainedATT
+
+    assert not PretrainedATT(PRETRAINED_VOCAB, encoder_path=tiny_encoder, finetune=True).use_state_cache
+    assert not PretrainedATT(PRETRAINED_VOCAB, encoder_path=tiny_encoder, state_cache=False).use_state_cache
+    with pytest.raises(ValueError, match="frozen encoder"):
+        PretrainedATT(PRETRAINED_VOCAB, encoder_path=tiny_encoder, finetune=True, state_cache=True)
+    with pytest.raises(ValueError, match="state_cache_dtype"):
+        PretrainedATT(PRETRAINED_VOCAB, encoder_path=tiny_encoder, state_cache_dtype="int8")
