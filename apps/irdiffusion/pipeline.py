@@ -167,10 +167,13 @@ def box_masks(boxes: Tensor, h: int, w: int) -> Tensor:
 
 
 def token_maps(maps: dict[tuple[int, int], Tensor], positions: Tensor, size: tuple[int, int]) -> Tensor:
-    """Average subject-token cross-attention maps over resolutions -> `(B, S, H, W)`, max-normalised.
+    """Average subject-token cross-attention maps over resolutions -> `(B, S, H, W)`, min-max normalised.
 
     `maps[(h, w)]` is `(B, h * w, L)`; `positions (B, S, T)` lists each subject's token positions
-    (-1 = unused).
+    (-1 = unused). Each map is scaled to [0, 1] by its own minimum and maximum: a subject token
+    takes a large share of every pixel's softmax (padding and the other words take the rest), so
+    the raw maps sit on a high floor and a threshold on max-normalised maps (the old behaviour)
+    selected almost every pixel (whole-image masks and boxes).
     """
     total = None
     for (h, w), probs in maps.items():
@@ -187,7 +190,9 @@ def token_maps(maps: dict[tuple[int, int], Tensor], positions: Tensor, size: tup
         total = picked if total is None else total + picked
     if total is None:
         raise RuntimeError("no cross-attention maps were recorded; does the UNet have cross-attention?")
-    return total / total.flatten(-2).amax(-1).clamp_min(1e-12)[..., None, None]
+    low = total.flatten(-2).amin(-1)[..., None, None]
+    high = total.flatten(-2).amax(-1)[..., None, None]
+    return (total - low) / (high - low).clamp_min(1e-12)
 
 
 def layout_from_ground_truth(batch: dict[str, Tensor], indices: Sequence[int]) -> dict[str, Tensor]:

@@ -48,11 +48,12 @@ def test_smoke_train_runs_the_ir_evaluation(smoke_run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["monitor"] == "val/loss" and metrics["fit"]["val/loss"] > 0
     for variant in ("vanilla", "mutual", "isolation", "reposition", "both"):
-        for name in ("pattern_consistency", "caption_alignment", "leakage"):
+        for name in ("pattern_consistency", "caption_alignment", "leakage", "caption_alignment_fg"):
             assert f"test/{variant}/{name}" in metrics["test"]
     table = json.loads((run / "irdiffusion_table.json").read_text())
     assert table["scenes"] == 2 and "processor_overhead_both_vs_plain_groups" in table["timing"]
-    assert (run / "irdiffusion_table.md").read_text().startswith("| variant |")
+    markdown = (run / "irdiffusion_table.md").read_text()
+    assert markdown.count("| variant |") == 2 and "reference_alignment_fg" in markdown
     assert (run / "plots" / "irdiffusion_grid.png").is_file()
 
 
@@ -74,3 +75,22 @@ def test_eval_and_export_entries(smoke_run, cli):
     result = cli("apps.eval", "app=irdiffusion", f"ckpt_path={ckpt}", f"paths.output_root={run}", *common)
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert "test/both/pattern_consistency" in printed
+
+
+def test_classifier_only_judge_training(smoke_run, tmp_path):
+    from tests.conftest import run_cli
+
+    run, common = smoke_run
+    ckpt = run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "judge"
+    run_cli(
+        "apps.train",
+        "experiment=irdiffusion_judge",
+        f"app.module.init_weights={ckpt}",
+        "trainer=smoke",
+        "test=false",
+        f"hydra.run.dir={out}",
+        *common,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "val/id_acc_loose" in metrics["fit"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from apps.common.export import export_graphs
-from apps.irdiffusion.metrics import colour_histograms, subject_metrics
+from apps.irdiffusion.metrics import colour_histograms, subject_metrics, tighten_boxes
 from apps.irdiffusion.pipeline import (
     VARIANTS,
     IRDiffusionPipeline,
@@ -114,3 +114,36 @@ def test_onnx_export_parity_with_processors_active(tiny_datamodule, tmp_path):
     batch = next(iter(tiny_datamodule.val_dataloader()))
     report = export_graphs(model.export_graphs(batch), tmp_path, ["onnx"])
     assert report["ok"]
+
+
+def test_token_maps_on_a_high_floor_give_subject_sized_masks(tiny_model):
+    # regression: a subject token takes a large share of every pixel's softmax, so the raw map sits on
+    # a high floor (here 0.3 everywhere, 0.6 on the subject); max-normalised maps put every pixel
+    # above the threshold (whole-image masks and boxes), min-max normalised ones only the subject
+    probs = torch.full((1, 64, 4), 0.3)
+    subject = torch.zeros(8, 8, dtype=torch.bool)
+    subject[2:5, 3:6] = True
+    probs[0, subject.flatten(), 2] = 0.6
+    maps = token_maps({(8, 8): probs}, torch.tensor([[[2, -1]]]), (8, 8))
+    assert maps.min() == 0 and maps.max() == 1
+    pipe = IRDiffusionPipeline(TinyBackend(tiny_model), mask_threshold=0.4)
+    masks = pipe._masks(torch.zeros(1, 3, 8, 8), maps)
+    assert torch.equal(masks[0, 0], subject)
+    assert torch.allclose(boxes_from_masks(masks)[0, 0], torch.tensor([3, 2, 6, 5]) / 8)
+
+
+def test_tightened_judge_boxes(tiny_model):
+    images = torch.full((1, 3, 16, 16), 0.1)
+    images[0, :, 4:8, 2:6] = 0.9  # subject 0
+    images[0, :, 10:14, 10:15] = 0.7  # subject 1
+    loose = torch.tensor([[[0.0, 0.0, 0.5, 0.6], [0.5, 0.5, 1.0, 1.0]]])
+    tight = tighten_boxes(images, loose)
+    assert torch.allclose(tight[0], torch.tensor([[2, 4, 6, 8], [10, 10, 15, 14]]) / 16)
+    empty = torch.tensor([[[0.0, 0.9, 0.1, 1.0], [0.5, 0.5, 1.0, 1.0]]])
+    assert torch.equal(tighten_boxes(images, empty)[0, 0], empty[0, 0])  # no foreground: box kept
+    refs = images[:, None].repeat(1, 2, 1, 1, 1)
+    identity = torch.tensor([[0, 1]])
+    on_tight = subject_metrics(tiny_model.classifier, refs, tight, images, tight, identity)
+    tightened = subject_metrics(tiny_model.classifier, refs, loose, images, loose, identity, tighten=True)
+    for name, value in on_tight.items():
+        assert torch.allclose(value, tightened[name]), name

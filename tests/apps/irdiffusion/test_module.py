@@ -1,0 +1,51 @@
+"""Training options of the IR-Diffusion module: loose-box classifier crops, classifier-only training."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from apps.irdiffusion.model import IRDiffusionModel
+from apps.irdiffusion.module import IRDiffusionModule, scale_jitter
+from tests.apps.irdiffusion.conftest import TINY_MODEL
+
+
+def test_scale_jitter_enlarges_boxes_about_their_centres():
+    torch.manual_seed(0)
+    boxes = torch.tensor([[[2.0, 4.0, 8.0, 6.0], [10.0, 10.0, 14.0, 16.0]]]).repeat(64, 1, 1)
+    jittered = scale_jitter(boxes, 1.0)
+    size, new_size = boxes[..., 2:] - boxes[..., :2], jittered[..., 2:] - jittered[..., :2]
+    assert torch.allclose((jittered[..., :2] + jittered[..., 2:]) / 2, (boxes[..., :2] + boxes[..., 2:]) / 2)
+    ratio = new_size / size
+    assert (ratio >= 1).all() and (ratio <= 2).all() and ratio.std() > 0.1
+    assert not torch.allclose(ratio[..., 0], ratio[..., 1])  # independent per axis
+
+
+def test_classifier_only_training_from_a_checkpoint(tiny_datamodule, tmp_path):
+    overrides = {**tiny_datamodule.model_overrides(), **TINY_MODEL}
+    torch.manual_seed(0)
+    trained = IRDiffusionModel(**overrides)
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, path)
+    torch.manual_seed(1)
+    module = IRDiffusionModule(
+        IRDiffusionModel(**overrides),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        train_parts="classifier",
+        init_weights=str(path),
+        box_scale_jitter=1.0,
+    )
+    for key, value in trained.state_dict().items():
+        assert torch.equal(module.model.state_dict()[key], value), key
+    assert {id(p) for p in module.optimizer_params()} == {id(p) for p in module.model.classifier.parameters()}
+    module.train()
+    batch = next(iter(tiny_datamodule.train_dataloader()))
+    losses = module._losses(batch)
+    assert losses["diffusion"] == 0
+    losses["loss"].backward()
+    assert all(p.grad is None for p in module.model.unet.parameters())
+    assert all(p.grad is None for p in module.model.text_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.classifier.parameters())
+    module.eval()
+    assert module._losses(batch)["diffusion"] > 0  # validation still reports the diffusion loss
