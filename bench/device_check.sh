@@ -34,29 +34,4 @@ timeout "${T3:-160}" python3 -m bench.kernels --out "$OUT" --lengths 16384 4096 
     --linear-lengths 16384 4096 65536 --repeats 10 >"$OUT/bench.log" 2>&1
 echo "rc=$?"
 
-python3 - "$OUT" <<'PY'
-import json, sys, pathlib
-for f in sorted(pathlib.Path(sys.argv[1]).glob("kernel_tuning_cuda.json")):
-    r = json.loads(f.read_text())
-    for c in r.get("linear", []):
-        print(f"tune {c['length']:>6} linear causal={c['causal']!s:<5} {c['backend']:<13} {c['config']} "
-              f"fwd {c.get('forward_ms', float('nan')):7.3f} fwd+bwd {c.get('forward_backward_ms', float('nan')):7.3f} "
-              f"err {c.get('max_relative_error', 0):.1e} {c.get('error', '')[:80]}")
-    for c in r.get("block_sparse", []):
-        cfg = f"{c.get('block_m', '')}x{c.get('block_n', '')} {c.get('forward_launch', '')} {c.get('backward_launch', '')}"
-        print(f"tune {c['length']:>6} {c['pattern']:<18} {c['backend']:<6} {cfg:<90} "
-              f"fwd {c.get('forward_ms', float('nan')):7.3f} fwd+bwd {c.get('forward_backward_ms', float('nan')):7.3f} "
-              f"{c.get('error', '')[:80]}")
-for f in sorted(pathlib.Path(sys.argv[1]).glob("kernels_cuda*.json")):
-    r = json.loads(f.read_text())
-    for c in r.get("block_sparse", []):
-        L = c["shape"][2]
-        if "forward_ms" in c:
-            print(f"{L:>6} {c['pattern']:<18} {c['backend']:<8} fwd {c['forward_ms']:9.3f} ms  fwd+bwd {c['forward_backward_ms']:9.3f} ms "
-                  f"{c['forward_tflops']:7.1f} TF/s  err {c.get('max_abs_error_vs_reference', 0):.2e}  mem {c['peak_memory_mb']:.0f}MB")
-        else:
-            print(f"{L:>6} {c['pattern']:<18} {c['backend']:<8} {str(c.get('unsupported') or c.get('error'))[:150]}")
-    for c in r.get("linear", []):
-        print(f"{c['shape'][2]:>6} linear causal={c['causal']!s:<5} {c['backend']:<14} "
-              f"fwd {c.get('forward_ms', float('nan')):8.3f} ms fwd+bwd {c.get('forward_backward_ms', float('nan')):8.3f} ms")
-PY
+python3 bench/device_summary.py "$OUT"
