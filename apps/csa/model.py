@@ -16,7 +16,10 @@ is ours (``ClassSemanticsAttention``; ``σ`` the logistic sigmoid):
   features with ``C_in / reduction`` hidden units;
 - temporal logits ``a_t = conv₁ₓ₁(ReLU(conv_k(R)))`` — ``(B, T)``; a 1-D convolution over time
   (kernel ``temporal_kernel_size``, ``C_in / reduction`` channels) then a per-snippet projection;
-- gating ``g(X, w) = X + X ⊙ w`` when ``residual`` (default) or ``X ⊙ w`` otherwise;
+- gating ``g(X, w) = X + X ⊙ w`` when ``residual`` (default) or ``X ⊙ w`` otherwise; with
+  ``centered`` ``g(X, w) = X ⊙ w / w₀`` instead, ``w₀`` the fused weight at zero logits (½, or ¼ for
+  ``parallel_mul``'s product), so a branch's gate is ``2σ(a) = 1 + tanh(a / 2)`` in (0, 2): the exact
+  identity at ``a = 0``, where the sigmoid is steepest, and able to suppress as well as amplify;
 - fusion:
   ``sequential`` (default) — channel then time, ``F' = g(g(F, σ(a_c)), σ(a_t))``;
   ``parallel_mul`` — ``F' = g(F, σ(a_c) ⊗ σ(a_t))`` (outer product over ``C_f × T``);
@@ -28,7 +31,16 @@ is ours (``ClassSemanticsAttention``; ``σ`` the logistic sigmoid):
   ``σ(init_logit) ≈ 0.982`` (no residual: ``F' ≈ 0.98 F``) for ``init_logit = 4``; in
   ``parallel_sum`` each branch takes half of the bias. So CSA starts within a few per cent of the
   identity (BMN's behaviour is kept at the start) while every parameter still gets a gradient at
-  the first step; ``init_logit=None`` keeps PyTorch's default initialisation.
+  the first step; ``init_logit=None`` keeps PyTorch's default initialisation. With ``centered`` the
+  last layers' weights are scaled by 0.1 and their biases set to 0 (the gate starts at the identity
+  up to the small weights); ``init_logit`` is then unused.
+
+Why ``centered`` exists (measured, see the app README): at ``σ(−4)`` the gates' gradients are 0.018
+of the sigmoid's steepest, and with Adam and coupled L2 weight decay a parameter whose loss gradient
+is much smaller than its decay term moves by about ``lr`` per step towards zero. In the default
+configuration the channel branch's first layer collapsed that way during training (its output became
+the same constant for every video), so CSA degenerated to a learned temporal gate. The centered gate
+together with ``app.module.attention_weight_decay=0`` (no decay on CSA's parameters) keeps it alive.
 
 ``SqueezeExcitation1d`` is the paper's comparison: a squeeze-and-excitation block (Hu et al., CVPR
 2018) whose channel weights come from ``F`` itself, ``F' = F ⊙ σ(W₂ ReLU(W₁ mean_t F))``, with the
@@ -89,6 +101,8 @@ class ClassSemanticsAttention(nn.Module):
         residual: ``F + F ⊙ w`` (default) instead of ``F ⊙ w``.
         init_logit: magnitude of the last layers' initial bias (near-identity start); None keeps the
             default initialisation.
+        centered: gate ``X ⊙ w / w₀`` (identity at zero logits; ``residual`` and ``init_logit`` are
+            then unused, the last layers start with zero bias and weights scaled by 0.1).
     """
 
     def __init__(
@@ -100,6 +114,7 @@ class ClassSemanticsAttention(nn.Module):
         fusion: str = "sequential",
         residual: bool = True,
         init_logit: float | None = 4.0,
+        centered: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -112,6 +127,9 @@ class ClassSemanticsAttention(nn.Module):
             )
         self.fusion = fusion
         self.residual = residual
+        self.centered = centered
+        # fused weight at zero logits: the centered gate divides by it (identity at the start)
+        self.neutral_weight = 0.25 if fusion == "parallel_mul" else 0.5
         hidden = max(1, input_dim // reduction)
         self.channel_mlp = nn.Sequential(
             nn.Linear(input_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, feature_dim)
@@ -121,7 +139,10 @@ class ClassSemanticsAttention(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv1d(hidden, 1, kernel_size=1),
         )
-        if init_logit is not None:
+        if centered:
+            _near_identity_init(self.channel_mlp[-1], 0.0)
+            _near_identity_init(self.temporal_conv[-1], 0.0)
+        elif init_logit is not None:
             bias = -init_logit if residual else init_logit
             if fusion == "parallel_sum":
                 bias = bias / 2
@@ -132,7 +153,9 @@ class ClassSemanticsAttention(nn.Module):
         """Channel logits ``(B, C_f)`` and temporal logits ``(B, T)`` from ``semantics (B, C_in, T)``."""
         return self.channel_mlp(semantics.mean(dim=2)), self.temporal_conv(semantics).squeeze(1)
 
-    def _gate(self, features: Tensor, weights: Tensor) -> Tensor:
+    def _gate(self, features: Tensor, weights: Tensor, neutral: float = 0.5) -> Tensor:
+        if self.centered:
+            return features * (weights / neutral)
         return features + features * weights if self.residual else features * weights
 
     def forward(self, semantics: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -145,7 +168,8 @@ class ClassSemanticsAttention(nn.Module):
             attended = self._gate(features, channel_weights.unsqueeze(2))
             attended = self._gate(attended, temporal_weights.unsqueeze(1))
         elif self.fusion == "parallel_mul":
-            attended = self._gate(features, channel_weights.unsqueeze(2) * temporal_weights.unsqueeze(1))
+            fused = channel_weights.unsqueeze(2) * temporal_weights.unsqueeze(1)
+            attended = self._gate(features, fused, self.neutral_weight)
         else:
             fused = torch.sigmoid(channel_logits.unsqueeze(2) + temporal_logits.unsqueeze(1))
             attended = self._gate(features, fused)
@@ -192,7 +216,7 @@ class BMNCSA(nn.Module):
         temporal_dim: snippets ``T`` per video (BMN's ``temporal_dim``, 100 on ActivityNet); fixed by
             BMN's sampling mask, so inputs must have exactly ``T`` snippets.
         feat_dim: input channels ``C_in`` (400 for the TSN features).
-        fusion, residual, reduction, temporal_kernel_size, init_logit: CSA's options
+        fusion, residual, reduction, temporal_kernel_size, init_logit, centered: CSA's options
             (``ClassSemanticsAttention``).
         se_reduction: SE's reduction ratio.
         boundary_ratio, num_samples, num_samples_per_bin: BMN's boundary-matching sampling.
@@ -213,6 +237,7 @@ class BMNCSA(nn.Module):
         reduction: int = 16,
         temporal_kernel_size: int = 3,
         init_logit: float | None = 4.0,
+        centered: bool = False,
         se_reduction: int = 16,
         boundary_ratio: float = 0.5,
         num_samples: int = 32,
@@ -258,7 +283,14 @@ class BMNCSA(nn.Module):
         self.se = SqueezeExcitation1d(hidden_dim_1d, se_reduction) if attention in ("se", "csa_se") else None
         self.csa = (
             ClassSemanticsAttention(
-                feat_dim, hidden_dim_1d, reduction, temporal_kernel_size, fusion, residual, init_logit
+                feat_dim,
+                hidden_dim_1d,
+                reduction,
+                temporal_kernel_size,
+                fusion,
+                residual,
+                init_logit,
+                centered,
             )
             if attention in ("csa", "csa_se")
             else None

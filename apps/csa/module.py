@@ -30,6 +30,11 @@ class CSAModule(BaseModule):
         plot_videos: validation videos drawn per epoch (ground truth vs top proposals, CSA's temporal
             attention under them) into ``<run>/plots/``; 0 disables.
         plot_proposals: proposals drawn per video.
+        attention_lr_scale: learning rate of the attention parameters (CSA's and SE's) as a multiple
+            of the optimiser's ``lr`` (the scheduler scales both groups alike).
+        attention_weight_decay: weight decay of the attention parameters; None keeps the optimiser's.
+            With Adam's coupled L2 decay, a parameter whose loss gradient is far below its decay term
+            is driven to zero at about ``lr`` per step (see ``apps.csa.model``).
     """
 
     def __init__(
@@ -40,15 +45,48 @@ class CSAModule(BaseModule):
         plot_videos: int = 3,
         plot_proposals: int = 5,
         model_config: dict[str, Any] | None = None,
+        attention_lr_scale: float = 1.0,
+        attention_weight_decay: float | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
+        if attention_lr_scale <= 0:
+            raise ValueError(f"app.module.attention_lr_scale must be > 0, got {attention_lr_scale}")
+        if attention_weight_decay is not None and attention_weight_decay < 0:
+            raise ValueError(
+                f"app.module.attention_weight_decay must be >= 0 or null, got {attention_weight_decay}"
+            )
         self.plot_videos = plot_videos
         self.plot_proposals = plot_proposals
+        self.attention_lr_scale = attention_lr_scale
+        self.attention_weight_decay = attention_weight_decay
         self.classifier: VideoClassifier | None = None
         self._outputs: dict[str, list[tuple[int, list[dict[str, Any]], Tensor | None]]] = {
             "val": [],
             "test": [],
         }
+
+    def optimizer_params(self) -> Any:
+        """One group, or two when the attention parameters (CSA, SE) get their own lr / decay."""
+        params = super().optimizer_params()
+        if self.attention_lr_scale == 1.0 and self.attention_weight_decay is None:
+            return params
+        attention = [
+            p
+            for name, p in self.model.named_parameters()
+            if p.requires_grad and name.split(".", 1)[0] in ("csa", "se")
+        ]
+        if not attention:
+            return params
+        chosen = {id(p) for p in attention}
+        group: dict[str, Any] = {"params": attention}
+        if self.attention_lr_scale != 1.0:
+            lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+            if lr is None:
+                raise ValueError("app.module.attention_lr_scale needs the optimiser's lr in its config")
+            group["lr"] = lr * self.attention_lr_scale
+        if self.attention_weight_decay is not None:
+            group["weight_decay"] = self.attention_weight_decay
+        return [{"params": [p for p in params if id(p) not in chosen]}, group]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         outputs = self.model(batch["features"])

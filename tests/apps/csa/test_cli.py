@@ -80,3 +80,34 @@ def test_ablation_configs_compose_and_build(attention):
         cfg = compose(config_name="train", overrides=[f"experiment={name}", *TINY])
     model = instantiate(cfg.app.model)
     assert model.attention == attention
+
+
+def test_attention_parameter_group_lr_and_weight_decay():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from apps.common.config import register_resolvers
+
+    register_resolvers()
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    extra = [
+        "app.module.attention_lr_scale=2.0",
+        "app.module.attention_weight_decay=0",
+        "app.model.centered=true",
+    ]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        default = compose(config_name="train", overrides=["app=csa", *TINY])
+        grouped = compose(config_name="train", overrides=["app=csa", *TINY, *extra])
+    module = instantiate(default.app.module, model=instantiate(default.app.model))
+    assert len(module.configure_optimizers()["optimizer"].param_groups) == 1
+    model = instantiate(grouped.app.model)
+    assert model.csa.centered
+    optimizer = instantiate(grouped.app.module, model=model).configure_optimizers()["optimizer"]
+    rest, attention = optimizer.param_groups
+    assert {id(p) for p in attention["params"]} == {id(p) for p in model.csa.parameters()}
+    assert attention["lr"] == 2 * rest["lr"] == 2 * grouped.app.module.optimizer.lr
+    assert (
+        attention["weight_decay"] == 0 and rest["weight_decay"] == grouped.app.module.optimizer.weight_decay
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(rest["params"]) + len(attention["params"]) == len(trainable)

@@ -146,6 +146,42 @@ def test_csa_starts_near_identity_and_fusions(residual):
     torch.testing.assert_close(se_out, encoded * weights[:, :, None])
 
 
+def test_centered_gate_starts_at_identity_and_is_steep():
+    generator = torch.Generator().manual_seed(3)
+    semantics, encoded = (
+        torch.randn(2, 40, 12, generator=generator),
+        torch.rand(2, 24, 12, generator=generator),
+    )
+    for fusion in FUSIONS:
+        torch.manual_seed(0)
+        csa = ClassSemanticsAttention(40, 24, reduction=4, fusion=fusion, centered=True)
+        assert csa.channel_mlp[-1].bias.abs().max() == 0 and csa.temporal_conv[-1].bias.abs().max() == 0
+        attended, channel, temporal = csa(semantics, encoded)
+        assert ((attended - encoded).norm() / encoded.norm()).item() < 0.05, fusion
+        a_c, a_t = csa.logits(semantics)
+        c, t = channel[:, :, None], temporal[:, None, :]
+        gate = {  # each gate is w / w0: exactly 1 at zero logits, in (0, 2) or (0, 4)
+            "sequential": (2 * c) * (2 * t),
+            "parallel_mul": 4 * c * t,
+            "parallel_sum": 2 * torch.sigmoid(a_c[:, :, None] + a_t[:, None, :]),
+        }[fusion]
+        torch.testing.assert_close(attended, encoded * gate)
+        with torch.no_grad():  # zero logits: the exact identity
+            csa.channel_mlp[-1].weight.zero_()
+            csa.temporal_conv[-1].weight.zero_()
+        torch.testing.assert_close(csa(semantics, encoded)[0], encoded)
+    # the gradient reaching the last layers' biases is about 0.5 / 0.018 times the residual start's
+    grads = {}
+    for centered in (False, True):
+        torch.manual_seed(0)
+        csa = ClassSemanticsAttention(40, 24, reduction=4, centered=centered)
+        csa(semantics, encoded)[0].sum().backward()
+        grads[centered] = csa.temporal_conv[-1].bias.grad.abs().item()
+    assert grads[True] > 10 * grads[False]
+    model = _model("csa", centered=True)
+    assert model.csa.centered and model(_features())[0].shape == (3, 2, T, T)
+
+
 def test_gradients_reach_csa_and_se_through_bmn_loss():
     model = _model("csa_se", fusion="parallel_sum")
     torch.manual_seed(5)
