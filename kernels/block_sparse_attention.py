@@ -838,6 +838,14 @@ def _skip_full(kind: str) -> bool:
     return bool(_LAUNCH_OVERRIDES.get(kind, {}).get("SKIP_FULL", SKIP_FULL_DEFAULT))
 
 
+def _head_tiles(head_dim: int, v_dim: int) -> dict[str, int | bool]:
+    """Tile widths of the head dims (powers of two, at least 16) and whether both are exact, so
+    that loads need no head-dim mask."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_dv = max(16, triton.next_power_of_2(v_dim))
+    return {"BLOCK_D": block_d, "BLOCK_DV": block_dv, "EVEN_D": head_dim == block_d and v_dim == block_dv}
+
+
 def _mask_strides(index: BlockIndex, n_blocks: int) -> tuple[int, int]:
     h_stride = n_blocks if index.mask_heads > 1 else 0
     b_stride = index.mask_heads * n_blocks if index.mask_batch > 1 else 0
@@ -889,11 +897,9 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, index: BlockIndex, scale: float) -
         scale * _LOG2E,
         BLOCK_M=index.block_m,
         BLOCK_N=index.block_n,
-        BLOCK_D=max(16, triton.next_power_of_2(D)),
-        BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
         PRECISION=_precision(q.dtype),
         SKIP_FULL=_skip_full("forward"),
-        EVEN_D=D == max(16, triton.next_power_of_2(D)) and Dv == max(16, triton.next_power_of_2(Dv)),
+        **_head_tiles(D, Dv),
         **_launch_options(max(D, Dv), q.device),
     )
     return out, lse
@@ -919,11 +925,9 @@ def _backward(
     common = {
         "BLOCK_M": index.block_m,
         "BLOCK_N": index.block_n,
-        "BLOCK_D": max(16, triton.next_power_of_2(D)),
-        "BLOCK_DV": max(16, triton.next_power_of_2(Dv)),
         "PRECISION": _precision(q.dtype),
         "SKIP_FULL": _skip_full("backward"),
-        "EVEN_D": D == max(16, triton.next_power_of_2(D)) and Dv == max(16, triton.next_power_of_2(Dv)),
+        **_head_tiles(D, Dv),
         **_launch_options(max(D, Dv), q.device, "backward"),
     }
     qk_scale = scale * _LOG2E
