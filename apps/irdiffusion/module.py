@@ -10,7 +10,8 @@ diffusion loss at fixed noise and timesteps (`val/loss`, monitored) and the clas
 Testing (also what `apps.eval` runs) is the IR-Diffusion evaluation: for each test scene the
 pipeline generates the references, the vanilla scene and the final pass of every variant from the
 same seeds, scores them (`metrics.py`), and at the end writes `irdiffusion_table.md/json` (mean +- std
-over scenes), comparison grids and timings into the run folder.
+over scenes), comparison grids and timings into the run folder. With `clip_path` / `dino_path` (local
+model folders) the tables add CLIP-I, CLIP-T, DINO and DINO-leakage scores (`external.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from apps.common.io import write_json
 from apps.common.module import BaseModule
+from apps.irdiffusion.external import EXTERNAL_METRICS
 from apps.irdiffusion.metrics import METRICS, markdown_table, subject_metrics, summarise
 from apps.irdiffusion.pipeline import (
     VARIANTS,
@@ -91,6 +93,8 @@ class IRDiffusionModule(BaseModule):
         mask_threshold: float = 0.4,
         cross_blend: float = 0.3,
         segmenter: str | None = None,
+        clip_path: str | None = None,
+        dino_path: str | None = None,
         ir_layers: Any = "all",
         attention_backend: str = "sdpa",
         variants: tuple[str, ...] = VARIANTS,
@@ -115,6 +119,9 @@ class IRDiffusionModule(BaseModule):
         if segmenter not in (None, "foreground"):
             raise ValueError(f"module.segmenter: expected null or 'foreground', got {segmenter!r}")
         self.segmenter = segmenter
+        self.clip_path = clip_path
+        self.dino_path = dino_path
+        self._scorers: dict[str, Any] | None = None
         self.ir_layers = ir_layers
         self.attention_backend = attention_backend
         self.variants = tuple(variants)
@@ -209,7 +216,28 @@ class IRDiffusionModule(BaseModule):
             )
         return self._pipeline
 
+    def external_scorers(self) -> dict[str, Any]:
+        """The CLIP / DINO scorers of `clip_path` / `dino_path` (loaded once; errors name the key)."""
+        if self._scorers is None:
+            from apps.irdiffusion.external import ClipScorer, DinoScorer
+
+            self._scorers = {
+                "clip": ClipScorer(self.clip_path) if self.clip_path else None,
+                "dino": DinoScorer(self.dino_path) if self.dino_path else None,
+            }
+        return self._scorers
+
+    def _captions(self, tokens: Tensor) -> list[str]:
+        vocab = getattr(getattr(self.trainer, "datamodule", None), "vocab", None)
+        if vocab is None:
+            raise RuntimeError(
+                "CLIP-T needs the captions' words: run the test loop with the app's datamodule"
+            )
+        return [vocab.decode(row) for row in tokens.cpu()]
+
     def on_test_epoch_start(self) -> None:
+        if self.clip_path or self.dino_path:
+            self.external_scorers()  # fail before generating anything if a folder is wrong
         self._test_values = {v: defaultdict(list) for v in self.variants}
         self._test_seconds = defaultdict(float)
         self._grid = defaultdict(list)
@@ -242,6 +270,21 @@ class IRDiffusionModule(BaseModule):
                 )
                 for name, values in scores.items():
                     self._test_values[variant][name + suffix].extend(values.tolist())
+            if self.clip_path or self.dino_path:
+                from apps.irdiffusion.external import external_metrics
+
+                scorers = self.external_scorers()
+                scores = external_metrics(
+                    generation.references,
+                    generation.ref_boxes,
+                    images,
+                    generation.target_boxes,
+                    self._captions(batch["tokens"]),
+                    clip=scorers["clip"],
+                    dino=scorers["dino"],
+                )
+                for name, values in scores.items():
+                    self._test_values[variant][name].extend(values.tolist())
         for name, seconds in generation.seconds.items():
             self._test_seconds[name] += seconds
         if batch_idx == 0:
@@ -290,11 +333,18 @@ class IRDiffusionModule(BaseModule):
         if out_dir is not None:
             write_json(out_dir / "irdiffusion_table.json", report)
             names = (*METRICS, "reference_alignment")
+            external = tuple(n for n in EXTERNAL_METRICS if any(n in m for m in table.values()))
             (out_dir / "irdiffusion_table.md").write_text(
                 "Crops by the pipeline's boxes:\n\n"
                 + markdown_table(table, names)
                 + "\nCrops by the pipeline's boxes shrunk to the foreground inside them (`_fg`):\n\n"
                 + markdown_table(table, tuple(n + FOREGROUND_SUFFIX for n in names))
+                + (
+                    "\nPretrained-encoder scores (CLIP / DINO, pipeline boxes):\n\n"
+                    + markdown_table(table, external)
+                    if external
+                    else ""
+                )
                 + "\n"
                 + "\n".join(f"- {k}: {v:.4f}" for k, v in timing.items())
                 + "\n"

@@ -35,11 +35,18 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    from tests.apps.irdiffusion.tiny_encoders import write_tiny_clip, write_tiny_dino
     from tests.conftest import run_cli
 
     out = tmp_path_factory.mktemp("irdiffusion_smoke")
     common = [f"paths.data_dir={out / 'data'}", *TINY]
-    run_cli("apps.train", "app=irdiffusion", "trainer=smoke", f"hydra.run.dir={out / 'run'}", *common)
+    scorers = [
+        f"app.module.clip_path={write_tiny_clip(out / 'clip')}",
+        f"app.module.dino_path={write_tiny_dino(out / 'dino')}",
+    ]
+    run_cli(
+        "apps.train", "app=irdiffusion", "trainer=smoke", f"hydra.run.dir={out / 'run'}", *common, *scorers
+    )
     return out / "run", common
 
 
@@ -52,8 +59,12 @@ def test_smoke_train_runs_the_ir_evaluation(smoke_run):
             assert f"test/{variant}/{name}" in metrics["test"]
     table = json.loads((run / "irdiffusion_table.json").read_text())
     assert table["scenes"] == 2 and "processor_overhead_both_vs_plain_groups" in table["timing"]
+    # the optional CLIP / DINO scores (tiny random local models)
+    for name in ("clip_i", "clip_t", "dino", "dino_leakage"):
+        assert f"test/both/{name}" in metrics["test"]
     markdown = (run / "irdiffusion_table.md").read_text()
-    assert markdown.count("| variant |") == 2 and "reference_alignment_fg" in markdown
+    assert markdown.count("| variant |") == 3 and "reference_alignment_fg" in markdown
+    assert "| clip_i | clip_t | dino | dino_leakage |" in markdown
     assert (run / "plots" / "irdiffusion_grid.png").is_file()
 
 
