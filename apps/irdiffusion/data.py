@@ -151,7 +151,10 @@ class IRDiffusionDataModule(SplitLoaders, pl.LightningDataModule):
         """Evaluate a checkpoint on the data it was trained for (vocabulary and image size)."""
         stored = model_config.get("generator")
         if stored:
-            keep = {k: getattr(self.generator, k) for k in ("n_train", "n_val", "n_test", "seed")}
+            # sizes, seed and repeats do not change the vocabulary, the image size or the test scenes
+            keep = {
+                k: getattr(self.generator, k) for k in ("n_train", "n_val", "n_test", "seed", "repeat_prob")
+            }
             self.generator = GeneratorConfig(**{**stored, **keep})
             self.vocab = Vocabulary(
                 self.generator.num_colours, self.generator.num_shapes, self.generator.max_subjects

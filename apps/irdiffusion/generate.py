@@ -6,6 +6,14 @@ named in the caption ("a red square and a blue ring"); its *pattern* (solid, str
 not named, so only a reference image can tell a generator which pattern a subject has. That unnamed
 attribute is what multi-subject consistency is about: the target must copy it from the reference.
 
+Training-free consistency methods rely on a prior that large text-to-image models learn from natural
+images: two things that look alike in one picture share their details, so self-attention learns to
+copy appearance from similar tokens elsewhere in the image. With `repeat_prob > 0` a fraction of the
+multi-subject training (and validation) scenes repeat their first subject: the second sprite has the
+same identity *and* pattern (caption "a red square and a red square ..."), at its own size and
+place, so a model can only denoise it well by reading the pattern of the other copy. The test split
+never repeats subjects (its scenes are the same whatever `repeat_prob` is).
+
 Stored per split in `<out>/<split>.pt` (a dict of tensors, loaded with `weights_only=True`):
 
     images    uint8 (N, 3, S, S)
@@ -65,6 +73,9 @@ class GeneratorConfig:
     max_size: int = 14
     num_colours: int = 6
     num_shapes: int = 6
+    # probability that a training/validation scene with >= 2 subjects repeats its first subject
+    # (same identity and pattern) as its second one; 0 draws no extra random numbers
+    repeat_prob: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,6 +88,9 @@ class GeneratorConfig:
             raise ValueError(f"generator: at most {len(COLOURS)} colours and {len(SHAPES)} shapes")
         if self.max_size * 2 > self.image_size or self.min_size < 4 or self.min_size > self.max_size:
             raise ValueError("generator: need 4 <= min_size <= max_size <= image_size / 2")
+        self.repeat_prob = float(self.repeat_prob)
+        if not 0.0 <= self.repeat_prob <= 1.0:
+            raise ValueError(f"generator.repeat_prob must lie in [0, 1], got {self.repeat_prob}")
 
     @property
     def num_identities(self) -> int:
@@ -173,9 +187,16 @@ def _place_boxes(
 
 
 def sample_scene(
-    rng: np.random.Generator, config: GeneratorConfig, num_subjects: int | None = None
+    rng: np.random.Generator,
+    config: GeneratorConfig,
+    num_subjects: int | None = None,
+    repeat_prob: float = 0.0,
 ) -> dict[str, Any]:
-    """One scene as numpy arrays (see the module docstring for the fields)."""
+    """One scene as numpy arrays (see the module docstring for the fields).
+
+    `repeat_prob`: probability that a scene of two or more subjects repeats subject 0 (identity and
+    pattern) as subject 1; no random number is drawn for it when it is 0.
+    """
     size = config.image_size
     k = config.max_subjects
     if num_subjects is None:
@@ -194,6 +215,8 @@ def sample_scene(
     canvas = np.full((3, size, size), background, dtype=np.float32)
     labels = np.zeros((size, size), dtype=np.uint8)
     patterns = rng.integers(0, len(PATTERNS), size=num_subjects)
+    if repeat_prob > 0 and num_subjects >= 2 and rng.random() < repeat_prob:
+        identities[1], patterns[1] = identities[0], patterns[0]
     for i in range(num_subjects):
         render_subject(canvas, labels, i, int(identities[i]), int(patterns[i]), boxes[i], config.num_shapes)
     pad = k - num_subjects
@@ -207,10 +230,13 @@ def sample_scene(
     }
 
 
-def generate_split(config: GeneratorConfig, n: int, seed: int, desc: str = "") -> dict[str, torch.Tensor]:
+def generate_split(
+    config: GeneratorConfig, n: int, seed: int, desc: str = "", repeat_prob: float = 0.0
+) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed)
     scenes = [
-        sample_scene(rng, config) for _ in tqdm(range(n), desc=desc or "scenes", leave=False, mininterval=2)
+        sample_scene(rng, config, repeat_prob=repeat_prob)
+        for _ in tqdm(range(n), desc=desc or "scenes", leave=False, mininterval=2)
     ]
     return {key: torch.from_numpy(np.stack([scene[key] for scene in scenes])) for key in KEYS}
 
@@ -290,7 +316,11 @@ def build_dataset(out_dir: str | Path, config: GeneratorConfig) -> Path:
     digests = {}
     for offset, split in enumerate(SPLITS):
         data = generate_split(
-            config, sizes[split], seed=config.seed * 1000 + offset, desc=f"irdiffusion {split}"
+            config,
+            sizes[split],
+            seed=config.seed * 1000 + offset,
+            desc=f"irdiffusion {split}",
+            repeat_prob=0.0 if split == "test" else config.repeat_prob,
         )
         atomic_write(out_dir / f"{split}.pt", lambda handle, data=data: torch.save(data, handle))
         digests[f"{split}.pt"] = sha256_file(out_dir / f"{split}.pt")

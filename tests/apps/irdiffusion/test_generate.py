@@ -81,3 +81,25 @@ def test_vocabulary_round_trip():
     assert positions.tolist() == [[1, 2], [5, 6]]
     with pytest.raises(ValueError, match="max_length"):
         vocab.encode_subjects([0, 1, 2, 3])
+
+
+def test_repeated_subjects_in_train_and_val_only(tmp_path):
+    """`repeat_prob`: some train/val scenes show subject 0 twice (identity and pattern), each copy in
+    its own box; the test split is the same scenes as without repeats; bad values name the key."""
+    plain = build_dataset(tmp_path / "plain", GeneratorConfig(**TINY_GENERATOR))
+    config = GeneratorConfig(**{**TINY_GENERATOR, "n_train": 64, "repeat_prob": 1.0})
+    repeats = build_dataset(tmp_path / "repeats", config)
+    train = load_split(repeats / "train.pt", config.max_subjects)
+    two = train["identity"][:, 1] >= 0
+    assert two.any()
+    assert torch.equal(train["identity"][two, 0], train["identity"][two, 1])
+    assert torch.equal(train["pattern"][two, 0], train["pattern"][two, 1])
+    assert not torch.equal(train["boxes"][two, 0], train["boxes"][two, 1])
+    for i in torch.nonzero(two).flatten()[:5].tolist():  # both copies are drawn
+        assert (train["labels"][i] == 1).any() and (train["labels"][i] == 2).any()
+    test_plain = load_split(plain / "test.pt", config.max_subjects)
+    test_repeats = load_split(repeats / "test.pt", config.max_subjects)
+    for key in test_plain:
+        assert torch.equal(test_plain[key], test_repeats[key]), key
+    with pytest.raises(ValueError, match="repeat_prob"):
+        GeneratorConfig(repeat_prob=1.5)
