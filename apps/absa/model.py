@@ -108,13 +108,15 @@ class ABSAModel(nn.Module):
             attended = self.dropout(attended)
         return self.classifier(attended), weights, scores
 
-    def importance_site(self) -> nn.Module:
-        """The module whose output are the word inputs of gradient-times-input importance."""
-        return self.embedding
+    def importance_sites(self) -> list[nn.Module]:
+        """The modules whose outputs are the inputs of gradient-times-input importance (each is
+        called once per forward)."""
+        return [self.embedding]
 
-    def word_importance(self, grad_times_input: Tensor, tokens: Tensor) -> Tensor:
-        """Reduce ``grad · input`` at ``importance_site`` to one value per word, ``(B, L)``."""
-        return grad_times_input.sum(-1).abs()
+    def word_importance(self, grad_times_input: list[Tensor], tokens: Tensor) -> Tensor:
+        """Reduce ``grad · input`` at each of ``importance_sites`` to one value per word,
+        ``(B, L)``: the signed contributions summed, then the magnitude."""
+        return grad_times_input[0].sum(-1).abs()
 
     def export_graphs(self, batch: dict[str, Tensor]) -> list[ExportGraph]:
         """Token ids + aspect span -> class probabilities, checked on the batch and a shorter one."""
@@ -315,6 +317,11 @@ class PretrainedATT(ABSAModel):
             run the encoder on every step; ``True`` with ``finetune`` is an error. The cache is only
             switched on by ``ABSAModule`` (fit and test), never in a plain forward or an export.
         state_cache_dtype: ``float32`` (default; exact) or ``float16`` (half the memory).
+        word_embed_dim: if > 0, a trainable word embedding of this size (random, like TNet-ATT's
+            default) is concatenated to the encoder's word states, ELMo-style: frozen contextual
+            states plus a per-word representation that training can move. The state cache still
+            applies (the embedding is looked up after it); gradient × input importance sums both
+            inputs' contributions.
     """
 
     def __init__(
@@ -326,6 +333,7 @@ class PretrainedATT(ABSAModel):
         dropout: float = 0.1,
         state_cache: bool | None = None,
         state_cache_dtype: str = "float32",
+        word_embed_dim: int = 0,
     ) -> None:
         from apps.common.pretrained import PretrainedEncoder, load_tokenizer
 
@@ -361,15 +369,29 @@ class PretrainedATT(ABSAModel):
             ]
             table[index, : len(pieces)] = torch.tensor(pieces, dtype=torch.long)
         self.register_buffer("piece_table", table, persistent=False)
+        if word_embed_dim < 0:
+            raise ValueError(f"app.model.word_embed_dim must be >= 0, got {word_embed_dim}")
+        self.word_embedding: nn.Embedding | None = None
+        if word_embed_dim:
+            self.word_embedding = nn.Embedding(len(self.vocab), word_embed_dim, padding_idx=0)
+            nn.init.uniform_(self.word_embedding.weight, -0.1, 0.1)
+            with torch.no_grad():
+                self.word_embedding.weight[0].zero_()
+            width += word_embed_dim
         self.attention = AdditiveAttention(width, width, width)
         self.classifier = nn.Linear(width, NUM_CLASSES)
 
-    def importance_site(self) -> nn.Module:
-        return self.encoder.transformer.get_input_embeddings()
+    def importance_sites(self) -> list[nn.Module]:
+        sites = [self.encoder.transformer.get_input_embeddings()]
+        if self.word_embedding is not None:
+            sites.append(self.word_embedding)
+        return sites
 
-    def word_importance(self, grad_times_input: Tensor, tokens: Tensor) -> Tensor:
+    def word_importance(self, grad_times_input: list[Tensor], tokens: Tensor) -> Tensor:
+        """Piece contributions summed per word (back from the compact layout when it ran), plus the
+        trainable word embedding's contribution if there is one; then the magnitude."""
         batch, length = tokens.shape
-        per_piece = grad_times_input.sum(-1)
+        per_piece = grad_times_input[0].sum(-1)
         layout = self._compact_layout
         if layout is not None and per_piece.shape[1] == layout[1] and layout[0].shape[0] == batch:
             # the compact encoding ran (cache on): put each piece back at its padded position
@@ -377,7 +399,10 @@ class PretrainedATT(ABSAModel):
             full = per_piece.new_zeros(batch, 2 + length * self.max_pieces)
             per_piece = full.scatter(1, order, per_piece)
         per_piece = per_piece[:, 1:-1]
-        return per_piece.reshape(batch, length, self.max_pieces).sum(-1).abs()
+        per_word = per_piece.reshape(batch, length, self.max_pieces).sum(-1)
+        if len(grad_times_input) > 1:
+            per_word = per_word + grad_times_input[1].sum(-1)
+        return per_word.abs()
 
     def _pieces(self, tokens: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``[CLS] pieces… [SEP]`` ids, mask and contiguous position ids, ``(B, 2 + L·P)``."""
@@ -447,6 +472,8 @@ class PretrainedATT(ABSAModel):
             words = self.encode_words_compact(tokens, lengths)
         else:
             words = cache.lookup(self, tokens, lengths)
+        if self.word_embedding is not None:
+            words = torch.cat([words, self.word_embedding(tokens)], dim=-1)
         words = self.dropout(words)
         return self.attend(masked_mean(words, aspect), words, context, score_offset)
 

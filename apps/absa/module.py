@@ -34,6 +34,7 @@ from apps.common.module import BaseModule
 log = logging.getLogger(__name__)
 
 ADVERSARIAL = ("none", "at", "iat", "iat_official")
+IMPORTANCE = ("detached", "live", "both")
 BUCKETS = (*[name for name, _ in FREQUENCY_BUCKETS], FREQUENT, NO_OPINION)
 
 
@@ -106,6 +107,12 @@ class ABSAModule(BaseModule):
             gradient through the model, i.e. through the encoder of a pretrained model even with
             the state cache on, which dominates an epoch there (``experiment=absa_pretrained`` sets
             it false).
+        importance: how the gradient × input importance behind Kendall τ treats the sentence
+            attention. ``detached`` (default): its weights are constants in the backward pass, so
+            the gradient says how the prediction changes with each word *at fixed attention* — the
+            protocol of Jain & Wallace (2019) that Kitada & Iyatomi (2021) follow. ``live``: the
+            gradient also flows through the attention weights (what the app measured before).
+            ``both``: ``kendall_tau`` is the detached measure and ``kendall_tau_live`` the other.
     """
 
     def __init__(
@@ -121,6 +128,7 @@ class ABSAModule(BaseModule):
         encoder_lr: float | None = None,
         attention_plots: int = 6,
         val_kendall_tau: bool = True,
+        importance: str = "detached",
         model_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
@@ -136,6 +144,9 @@ class ABSAModule(BaseModule):
         self.encoder_lr = encoder_lr
         self.attention_plots = attention_plots
         self.val_kendall_tau = val_kendall_tau
+        if importance not in IMPORTANCE:
+            raise ValueError(f"app.module.importance must be one of {IMPORTANCE}, got {importance!r}")
+        self.importance = importance
         self._outputs: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
 
     # ------------------------------------------------------------------ training
@@ -254,32 +265,54 @@ class ABSAModule(BaseModule):
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def _importance(self, batch: dict[str, Tensor]) -> Tensor:
+    def _importance(self, batch: dict[str, Tensor], detach_attention: bool) -> Tensor:
         """Gradient importance per word: ``|∂ logit_ŷ / ∂ e_i · e_i|`` (gradient × input), ``(B, L)``.
 
-        Runs outside Lightning's inference mode; the embeddings become a leaf that needs grad.
+        With ``detach_attention`` the sentence attention's weights are constants for the gradient
+        (every call of ``model.attention``, i.e. every hop of the memory network): its context vector
+        is recomputed from the detached weights. Runs outside Lightning's inference mode; the
+        embeddings become a leaf that needs grad.
         """
-        captured: dict[str, Tensor] = {}
+        leaves: list[Tensor] = []
 
-        def embeddings_as_leaf(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
-            captured["embedded"] = output.detach().clone().requires_grad_(True)
-            return captured["embedded"]
+        def output_as_leaf(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
+            leaves.append(output.detach().clone().requires_grad_(True))
+            return leaves[-1]
+
+        def constant_weights(_module: nn.Module, args: tuple, _kwargs: dict, output: Any) -> Any:
+            _, weights = output
+            keys = args[1]
+            fixed = weights.detach()
+            if fixed.dim() == 2:
+                context = torch.bmm(fixed[:, None, :], keys).squeeze(1)
+            else:
+                context = torch.bmm(fixed, keys)
+            return context, weights
 
         cache = getattr(self.model, "state_cache", None)
+        sites = self.model.importance_sites()
         with torch.inference_mode(False), torch.enable_grad():
             inputs = {k: v.clone() for k, v in batch.items() if torch.is_tensor(v)}
-            handle = self.model.importance_site().register_forward_hook(embeddings_as_leaf)
+            handles = [site.register_forward_hook(output_as_leaf) for site in sites]
+            if detach_attention:
+                handles.append(self.model.attention.register_forward_hook(constant_weights, with_kwargs=True))
             try:
                 if cache is not None:
-                    with cache.bypassed():  # the encoder must run: its input embeddings are the leaf
+                    with cache.bypassed():  # the encoder must run: its input embeddings are a leaf
                         logits, _, _ = self._forward(inputs)
                 else:
                     logits, _, _ = self._forward(inputs)
+                if len(leaves) != len(sites):
+                    raise RuntimeError(
+                        f"importance: expected one output from each of {len(sites)} input sites, got {len(leaves)}"
+                    )
                 chosen = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
-                (grad,) = torch.autograd.grad(chosen, captured["embedded"])
+                grads = torch.autograd.grad(chosen, leaves)
             finally:
-                handle.remove()
-            return self.model.word_importance(grad * captured["embedded"].detach(), inputs["tokens"]).detach()
+                for handle in handles:
+                    handle.remove()
+            products = [g * leaf.detach() for g, leaf in zip(grads, leaves)]
+            return self.model.word_importance(products, inputs["tokens"]).detach()
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         logits, weights, _ = self._forward(batch)
@@ -288,16 +321,23 @@ class ABSAModule(BaseModule):
         _, _, context = span_masks(
             batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"]
         )
-        tau = None
+        tau = tau_live = None
         if stage != "val" or self.val_kendall_tau:
-            importance = self._importance(batch)
-            tau = kendall_tau_rows(weights.detach().cpu(), importance.cpu(), context.cpu())
+            if self.importance in ("detached", "both"):
+                importance = self._importance(batch, detach_attention=True)
+                tau = kendall_tau_rows(weights.detach().cpu(), importance.cpu(), context.cpu())
+            if self.importance in ("live", "both"):
+                importance = self._importance(batch, detach_attention=False)
+                tau_live = kendall_tau_rows(weights.detach().cpu(), importance.cpu(), context.cpu())
+                if tau is None:
+                    tau, tau_live = tau_live, None
         self._outputs[stage].append(
             {
                 "index": batch["index"].cpu(),
                 "predictions": logits.argmax(dim=1).cpu(),
                 "labels": batch["labels"].cpu(),
                 "tau": tau,
+                "tau_live": tau_live,
                 "weights": weights.detach().cpu(),
             }
         )
@@ -320,6 +360,10 @@ class ABSAModule(BaseModule):
         examples = self._split_examples(stage)
         buckets = [examples[i].opinion_bucket for i in index.tolist()] if examples is not None else None
         report = classification_report(predictions, labels, buckets, tau)
+        if outputs[0]["tau_live"] is not None:
+            live = torch.cat([o["tau_live"] for o in outputs])
+            defined = live[~torch.isnan(live)]
+            report["kendall_tau_live"] = float(defined.mean()) if len(defined) else float("nan")
         for name, value in report.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("acc", "macro_f1"))
         if (

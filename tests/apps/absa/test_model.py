@@ -120,6 +120,38 @@ def test_onnx_export_parity_in_a_fresh_process(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True, True]
 
 
+def test_importance_with_attention_held_constant():
+    """Memory network, one hop, no location weighting: the memory is the embeddings, so with the
+    attention weights held constant ∂logit_ŷ/∂e_i = w_i · ∂logit_ŷ/∂(attended) for a context word i
+    and the importance is |w_i · (g · e_i)|; the live gradient differs (it also moves the weights)."""
+    from apps.absa.module import ABSAModule
+
+    torch.manual_seed(0)
+    model = MemoryNetwork(VOCAB, embed_dim=16, hops=1, location=False).eval()
+    batch = _batch()
+    module = ABSAModule(model, optimizer=partial(torch.optim.Adam, lr=1e-3))
+    detached = module._importance(batch, detach_attention=True)
+    live = module._importance(batch, detach_attention=False)
+    _, _, context = span_masks(batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"])
+    embedded = model.embedding(batch["tokens"]).detach()
+    aspect = torch.zeros_like(context)
+    for row, (start, end) in enumerate(zip(batch["aspect_start"], batch["aspect_end"])):
+        aspect[row, start:end] = True
+    query = (embedded * aspect[..., None]).sum(1) / aspect.sum(1, keepdim=True)
+    attended, weights = model.attention(query, embedded, mask=context)
+    attended = attended.detach().requires_grad_(True)
+    logits = model.classifier(attended + model.hop_linear(query))
+    chosen = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    (g,) = torch.autograd.grad(chosen, attended)
+    expected = (weights.detach() * torch.einsum("bd,bld->bl", g, embedded)).abs() * context
+    torch.testing.assert_close(detached * context, expected, atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(detached * context, live * context, atol=1e-4)
+    # no hook stays behind: a later live pass is unchanged
+    torch.testing.assert_close(module._importance(batch, detach_attention=False), live)
+    with pytest.raises(ValueError, match="app.module.importance"):
+        ABSAModule(model, optimizer=partial(torch.optim.Adam, lr=1e-3), importance="grad")
+
+
 def test_pssa_regulariser_targets():
     weights = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.6, 0.4, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
     active = torch.tensor([[True, True, False, False], [False] * 4, [False] * 4])
@@ -182,7 +214,7 @@ def test_pretrained_model_pieces_attention_importance_and_torchscript(tiny_encod
     short["tokens"] = short["tokens"][:, :5]
     torch.testing.assert_close(model(**short)[0], logits[1:], atol=1e-5, rtol=1e-4)
     module = ABSAModule(model, optimizer=partial(torch.optim.Adam, lr=1e-3), encoder_lr=1e-5)
-    importance = module._importance(batch)
+    importance = module._importance(batch, detach_attention=True)
     assert importance.shape == (2, 7) and (importance[1, 5:] == 0).all() and importance[0].sum() > 0
     assert not any(p.requires_grad for p in model.encoder.parameters())
     report = export_graphs(model.export_graphs(batch), tmp_path, ["torchscript"])
@@ -242,9 +274,11 @@ def test_state_cache_matches_the_encoder_path(tiny_encoder):
     assert not any("cache" in key for key in model.state_dict())
 
 
-def test_state_cache_training_and_importance_match_the_uncached_path(tiny_encoder):
-    """A few optimiser steps on cached states give the same parameters as on the encoder's output;
-    gradient × input importance runs the encoder (compact layout) and matches the padded path."""
+@pytest.mark.parametrize("word_embed_dim", [0, 6])
+def test_state_cache_training_and_importance_match_the_uncached_path(tiny_encoder, word_embed_dim):
+    """A few optimiser steps on cached states give the same parameters as on the encoder's output
+    (with trainable word embeddings beside the cached states too); gradient × input importance
+    runs the encoder (compact layout) and matches the padded path."""
     from apps.absa.model import PretrainedATT, WordStateCache
     from apps.absa.module import ABSAModule
 
@@ -253,7 +287,9 @@ def test_state_cache_training_and_importance_match_the_uncached_path(tiny_encode
     trained = []
     for use_cache in (False, True):
         torch.manual_seed(0)
-        model = PretrainedATT(PRETRAINED_VOCAB, encoder_path=tiny_encoder, dropout=0.0).train()
+        model = PretrainedATT(
+            PRETRAINED_VOCAB, encoder_path=tiny_encoder, dropout=0.0, word_embed_dim=word_embed_dim
+        ).train()
         model.state_cache = WordStateCache() if use_cache else None
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         for _ in range(3):
@@ -266,10 +302,17 @@ def test_state_cache_training_and_importance_match_the_uncached_path(tiny_encode
     for (name, a), (_, b) in zip(trained[0].named_parameters(), trained[1].named_parameters()):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
     module = ABSAModule(trained[1].eval(), optimizer=partial(torch.optim.Adam, lr=1e-3))
-    with_cache = module._importance(batch)
+    with_cache = module._importance(batch, detach_attention=False)
     assert not trained[1].state_cache.bypass
     trained[1].state_cache = None
-    torch.testing.assert_close(with_cache, module._importance(batch), atol=1e-5, rtol=1e-3)
+    torch.testing.assert_close(
+        with_cache, module._importance(batch, detach_attention=False), atol=1e-5, rtol=1e-3
+    )
+    if word_embed_dim:
+        # the word embeddings trained, and their gradient × input is part of the importance
+        assert trained[1].attention.key_proj.in_features == trained[1].encoder.hidden_size + word_embed_dim
+        trained[1].word_embedding.weight.data.zero_()
+        assert not torch.allclose(module._importance(batch, detach_attention=False), with_cache, atol=1e-4)
 
 
 def test_state_cache_options(tiny_encoder):
