@@ -279,9 +279,9 @@ class ABSAModule(BaseModule):
             leaves.append(output.detach().clone().requires_grad_(True))
             return leaves[-1]
 
-        def constant_weights(_module: nn.Module, args: tuple, _kwargs: dict, output: Any) -> Any:
+        def constant_weights(_module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             _, weights = output
-            keys = args[1]
+            keys = args[1] if len(args) > 1 else kwargs["keys"]
             fixed = weights.detach()
             if fixed.dim() == 2:
                 context = torch.bmm(fixed[:, None, :], keys).squeeze(1)
