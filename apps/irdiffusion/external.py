@@ -37,7 +37,8 @@ from torch import Tensor, nn
 EXTERNAL_METRICS = ("clip_i", "clip_t", "dino", "dino_leakage")
 
 
-def _model_folder(path: str, key: str, expected: tuple[str, ...]) -> Path:
+def _model_folder(path: str, key: str, expected: tuple[str, ...]) -> tuple[Path, str]:
+    """The checked folder and its config's `model_type` (one of `expected`)."""
     folder = Path(path).expanduser()
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -57,7 +58,7 @@ def _model_folder(path: str, key: str, expected: tuple[str, ...]) -> Path:
         raise FileNotFoundError(
             f"app.module.{key}: {folder} has no preprocessor_config.json (the image mean, std and size)"
         )
-    return folder
+    return folder, model_type
 
 
 def _image_settings(folder: Path, default_size: int) -> tuple[int, Tensor, Tensor]:
@@ -107,7 +108,7 @@ class ClipScorer(_ImageEncoder):
 
     def __init__(self, path: str) -> None:
         super().__init__()
-        folder = _model_folder(path, "clip_path", ("clip",))
+        folder, _ = _model_folder(path, "clip_path", ("clip",))
         os.environ["HF_HUB_OFFLINE"] = "1"
         from transformers import AutoTokenizer, CLIPModel
 
@@ -135,16 +136,12 @@ class DinoScorer(_ImageEncoder):
 
     def __init__(self, path: str) -> None:
         super().__init__()
-        folder = _model_folder(path, "dino_path", ("vit", "dinov2"))
+        folder, model_type = _model_folder(path, "dino_path", ("vit", "dinov2"))
         os.environ["HF_HUB_OFFLINE"] = "1"
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         # only the class token of the last layer is used: no pooler (DINO checkpoints have none)
-        extra = (
-            {"add_pooling_layer": False}
-            if AutoConfig.from_pretrained(str(folder), local_files_only=True).model_type == "vit"
-            else {}
-        )
+        extra = {"add_pooling_layer": False} if model_type == "vit" else {}
         self.model = AutoModel.from_pretrained(str(folder), local_files_only=True, **extra).eval()
         self.size, self.mean, self.std = _image_settings(folder, self.model.config.image_size)
 
