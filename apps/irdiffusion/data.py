@@ -12,12 +12,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from apps.common.data import SplitLoaders, seeded_loader
-from apps.irdiffusion.generate import COLOURS, PATTERNS, SHAPES, GeneratorConfig, build_dataset, load_split
+from apps.irdiffusion.generate import (
+    COLOURS,
+    PATTERNS,
+    SHAPES,
+    GeneratorConfig,
+    build_dataset,
+    load_split,
+    render_references,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +75,26 @@ class Vocabulary:
 
 
 class SceneDataset(Dataset):
-    """One item per scene: image in [-1, 1], caption ids, subject layout (see `generate.py`)."""
+    """One item per scene: image in [-1, 1], caption ids, subject layout (see `generate.py`).
+
+    With `references` (the generator config) each item also has single-subject reference images of
+    its subjects (`ref_image (K, 3, S, S)` in [-1, 1], `ref_labels (K, S, S)`, `ref_boxes (K, 4)`),
+    rendered on the fly from a random stream fixed by `reference_seed` and the scene index.
+    """
 
     def __init__(
-        self, data: dict[str, torch.Tensor], vocab: Vocabulary, indices: torch.Tensor | None = None
+        self,
+        data: dict[str, torch.Tensor],
+        vocab: Vocabulary,
+        indices: torch.Tensor | None = None,
+        references: GeneratorConfig | None = None,
+        reference_seed: int = 0,
     ) -> None:
         self.data = data
         self.vocab = vocab
         self.indices = torch.arange(data["images"].shape[0]) if indices is None else indices
+        self.references = references
+        self.reference_seed = reference_seed
 
     def __len__(self) -> int:
         return int(self.indices.numel())
@@ -100,11 +121,28 @@ class SceneDataset(Dataset):
             "subject_tokens": subject_tokens,
             "num_subjects": present.sum(),
             "index": torch.tensor(i),
+            **(self._references(i) if self.references is not None else {}),
+        }
+
+    def _references(self, i: int) -> dict[str, torch.Tensor]:
+        assert self.references is not None
+        rng = np.random.default_rng([self.reference_seed, i])
+        refs = render_references(
+            rng, self.references, self.data["identity"][i].numpy(), self.data["pattern"][i].numpy()
+        )
+        return {
+            "ref_image": torch.from_numpy(refs["ref_images"]).float() / 127.5 - 1.0,
+            "ref_labels": torch.from_numpy(refs["ref_labels"]).long(),
+            "ref_boxes": torch.from_numpy(refs["ref_boxes"]).long(),
         }
 
 
 class IRDiffusionDataModule(SplitLoaders, pl.LightningDataModule):
-    """Train/val: all scenes; test: the first `test_scenes` scenes with exactly `eval_subjects` subjects."""
+    """Train/val: all scenes; test: the first `test_scenes` scenes with exactly `eval_subjects` subjects.
+
+    `references=True` adds single-subject reference images of each scene's subjects to the train and
+    validation items (for `module.reference_training`).
+    """
 
     def __init__(
         self,
@@ -117,9 +155,11 @@ class IRDiffusionDataModule(SplitLoaders, pl.LightningDataModule):
         eval_subjects: int = 2,
         num_workers: int = 0,
         seed: int = 0,
+        references: bool = False,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir)
+        self.references = references
         self.generator = GeneratorConfig(**dict(generator or {}))
         self.generate = generate
         self.batch_size = batch_size
@@ -178,7 +218,11 @@ class IRDiffusionDataModule(SplitLoaders, pl.LightningDataModule):
                     log.warning(
                         "test split has only %d scenes of %d subjects", indices.numel(), self.eval_subjects
                     )
-            self.splits[split] = SceneDataset(data, self.vocab, indices)
+            refs = self.generator if self.references and split != "test" else None
+            offset = {"train": 1, "val": 2}.get(split, 0)
+            self.splits[split] = SceneDataset(
+                data, self.vocab, indices, refs, self.generator.seed * 10 + offset
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.splits:

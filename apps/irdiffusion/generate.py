@@ -230,6 +230,33 @@ def sample_scene(
     }
 
 
+def render_references(
+    rng: np.random.Generator,
+    config: GeneratorConfig,
+    identity: np.ndarray,
+    pattern: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Single-subject reference images of a scene's subjects: same identity and pattern, own size,
+    place and background (what a reference generation of "a <colour> <shape>" should show).
+
+    `identity`, `pattern`: `(K,)` with -1 padding. Returns `ref_images (K, 3, S, S)` uint8,
+    `ref_labels (K, S, S)` uint8 (1 on the subject) and `ref_boxes (K, 4)` int16 (-1 for padding).
+    """
+    size, k = config.image_size, len(identity)
+    images = np.zeros((k, 3, size, size), dtype=np.uint8)
+    labels = np.zeros((k, size, size), dtype=np.uint8)
+    boxes = np.full((k, 4), -1, dtype=np.int16)
+    for i in range(k):
+        if identity[i] < 0:
+            continue
+        box = _place_boxes(rng, config, 1)[0]
+        canvas = np.full((3, size, size), float(rng.uniform(0.08, 0.22)), dtype=np.float32)
+        render_subject(canvas, labels[i], 0, int(identity[i]), int(pattern[i]), box, config.num_shapes)
+        images[i] = np.clip(np.round(canvas * 255), 0, 255).astype(np.uint8)
+        boxes[i] = box
+    return {"ref_images": images, "ref_labels": labels, "ref_boxes": boxes}
+
+
 def generate_split(
     config: GeneratorConfig, n: int, seed: int, desc: str = "", repeat_prob: float = 0.0
 ) -> dict[str, torch.Tensor]:

@@ -7,6 +7,17 @@ by up to `box_scale_jitter` per axis). `train_parts="classifier"` trains only th
 model initialised from `init_weights` (a trained checkpoint). Validation reports the
 diffusion loss at fixed noise and timesteps (`val/loss`, monitored) and the classifier accuracies.
 
+Reference training (`reference_training = p > 0`, with `data.references=true`): each training scene
+of two or more subjects is, with probability p, denoised as a group `[ref_1, ..., ref_S, scene]`
+(single-subject images of the same subjects, same identity and pattern, elsewhere on their own
+background; one timestep per group) through the IR processors in the `reference_variant` setting,
+by default `extended` (every scene pixel may attend to every reference token, no subject routing,
+no isolation, no reposition). A large text-to-image model learns from natural images that alike
+things share their details, which is what training-free consistency methods rely on; our generated
+scenes never reward that, so this gives the small base model the same prior, without training
+any part of isolation or reposition. Validation then also reports the ε-MSE of the multi-subject
+scenes without and with their references (`val/loss_multi_plain`, `val/loss_multi_refs`).
+
 Testing (also what `apps.eval` runs) is the IR-Diffusion evaluation: for each test scene the
 pipeline generates the references, the vanilla scene and the final pass of every variant from the
 same seeds, scores them (`metrics.py`), and at the end writes `irdiffusion_table.md/json` (mean +- std
@@ -37,6 +48,7 @@ from apps.irdiffusion.pipeline import (
     subject_prompts,
 )
 from apps.irdiffusion.plots import save_comparison_grid
+from apps.irdiffusion.processors import IRSettings, IRState, install
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +112,8 @@ class IRDiffusionModule(BaseModule):
         variants: tuple[str, ...] = VARIANTS,
         grid_scenes: int = 8,
         seed: int = 0,
+        reference_training: float = 0.0,
+        reference_variant: str = "extended",
         model_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
@@ -127,6 +141,15 @@ class IRDiffusionModule(BaseModule):
         self.variants = tuple(variants)
         self.grid_scenes = grid_scenes
         self.seed = seed
+        if not 0.0 <= reference_training <= 1.0:
+            raise ValueError(f"module.reference_training must lie in [0, 1], got {reference_training}")
+        self.reference_training = float(reference_training)
+        if reference_variant == "vanilla" or IRSettings.variant(reference_variant) is None:
+            raise ValueError(
+                f"module.reference_variant: expected a variant with references, got {reference_variant!r}"
+            )
+        self.reference_variant = reference_variant
+        self._ir_state: IRState | None = None
         self.noise_scheduler = model.train_scheduler()
         self._test_values: dict[str, dict[str, list[float]]] = {}
         self._test_seconds: dict[str, float] = {}
@@ -142,17 +165,32 @@ class IRDiffusionModule(BaseModule):
         noise = torch.randn(images.shape, generator=generator).to(images)
         steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (b,), generator=generator).to(images.device)
+        extra: dict[str, Tensor] = {}
         if self.training and self.train_parts == "classifier":
             diffusion = images.new_zeros(())  # the diffusion model is frozen: skip its forward
         else:
+            drop = torch.zeros(b, dtype=torch.bool, device=images.device)
             if self.training and self.cfg_dropout > 0:
                 drop = torch.rand(b, device=images.device) < self.cfg_dropout
                 null = torch.zeros_like(tokens)
                 null[:, 0] = 1
                 tokens = torch.where(drop[:, None], null, tokens)
-            noisy = self.noise_scheduler.add_noise(images, noise, t)
-            eps = self.model(noisy, t, tokens)
-            diffusion = F.mse_loss(eps, noise)
+            grouped = self._reference_selection(batch) if self.training else None
+            if grouped is None:
+                noisy = self.noise_scheduler.add_noise(images, noise, t)
+                eps = self.model(noisy, t, tokens)
+                diffusion = F.mse_loss(eps, noise)
+            else:
+                errors = []
+                plain = ~grouped
+                if plain.any():
+                    noisy = self.noise_scheduler.add_noise(images[plain], noise[plain], t[plain])
+                    eps = self.model(noisy, t[plain], tokens[plain])
+                    errors.append((eps - noise[plain]).square().flatten(1).mean(1))
+                errors.append(self._group_errors(batch, grouped, tokens, drop, noise, t))
+                diffusion = torch.cat(errors).mean()
+            if not self.training and self.reference_training > 0 and "ref_image" in batch:
+                extra = self._reference_gain(batch, noise, t, generator)
 
         present = batch["identity"] >= 0
         boxes = batch["boxes"].float()
@@ -171,7 +209,96 @@ class IRDiffusionModule(BaseModule):
             "classifier": classifier,
             "id_acc": (id_logits.argmax(-1) == identity).float().mean(),
             "pattern_acc": (pattern_logits.argmax(-1) == pattern).float().mean(),
+            **extra,
         }
+
+    # ------------------------------------------------------------------- reference training
+    def _train_state(self) -> IRState:
+        """The IR state of the training processors (installed once; again if something replaced them)."""
+        first = next(iter(self.model.unet.attn_processors.values()))
+        if self._ir_state is None or getattr(first, "state", None) is not self._ir_state:
+            self._ir_state = install(self.model.unet, backend=self.attention_backend)
+        return self._ir_state
+
+    def _reference_selection(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """Bool `(B,)`: scenes trained with their references this step (None: reference training off)."""
+        if self.reference_training <= 0:
+            return None
+        if "ref_image" not in batch:
+            raise ValueError(
+                "module.reference_training > 0 needs reference images: set app.data.references=true"
+            )
+        multi = batch["num_subjects"] >= 2
+        chosen = multi & (torch.rand(multi.shape, device=multi.device) < self.reference_training)
+        return chosen if chosen.any() else None
+
+    def _group_errors(
+        self,
+        batch: dict[str, Tensor],
+        chosen: Tensor,
+        tokens: Tensor,
+        drop: Tensor,
+        noise: Tensor,
+        t: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-image ε-MSE of the chosen scenes denoised as `[ref_1..ref_S, scene]` groups."""
+        state = self._train_state()
+        size = batch["image"].shape[-1]
+        errors = []
+        counts = batch["num_subjects"]
+        for s in sorted({int(c) for c in counts[chosen]}):
+            idx = torch.nonzero(chosen & (counts == s)).flatten()
+            refs = batch["ref_image"][idx, :s]  # (P, S, 3, H, W)
+            ref_tokens = torch.stack(subject_prompts(batch, idx.tolist(), self.model.max_length))
+            null = torch.zeros_like(ref_tokens)
+            null[..., 0] = 1
+            ref_tokens = torch.where(drop[idx][:, None, None], null, ref_tokens.to(tokens.device))
+            ref_noise = torch.randn(refs.shape, generator=generator).to(refs)
+            images = torch.cat([refs, batch["image"][idx, None]], dim=1).flatten(0, 1)
+            group_noise = torch.cat([ref_noise, noise[idx, None]], dim=1).flatten(0, 1)
+            group_t = t[idx].repeat_interleave(s + 1)
+            group_tokens = torch.cat([ref_tokens, tokens[idx, None]], dim=1).flatten(0, 1)
+            scale = torch.tensor([size, size, size, size], dtype=torch.float32, device=refs.device)
+            state.configure(
+                IRSettings.variant(self.reference_variant),
+                ref_masks=(batch["ref_labels"][idx, :s] == 1).float(),
+                ref_boxes=batch["ref_boxes"][idx, :s].float() / scale,
+                target_labels=batch["labels"][idx],
+                target_boxes=batch["boxes"][idx, :s].float() / scale,
+            )
+            try:
+                noisy = self.noise_scheduler.add_noise(images, group_noise, group_t)
+                eps = self.model(noisy, group_t, group_tokens)
+            finally:
+                state.deactivate()
+            errors.append((eps - group_noise).square().flatten(1).mean(1))
+        return torch.cat(errors)
+
+    def _reference_gain(
+        self, batch: dict[str, Tensor], noise: Tensor, t: Tensor, generator: torch.Generator | None
+    ) -> dict[str, Tensor]:
+        """ε-MSE of the multi-subject scenes alone and denoised with their references (same noise)."""
+        multi = batch["num_subjects"] >= 2
+        if not multi.any():
+            return {}
+        plain = self.model(
+            self.noise_scheduler.add_noise(batch["image"][multi], noise[multi], t[multi]),
+            t[multi],
+            batch["tokens"][multi],
+        )
+        plain_error = (plain - noise[multi]).square().flatten(1).mean(1).mean()
+        drop = torch.zeros_like(multi)
+        errors = self._group_errors(batch, multi, batch["tokens"], drop, noise, t, generator)
+        # the scene is the last member of each group: pick the scenes' errors
+        counts = batch["num_subjects"][multi]
+        targets = []
+        offset = 0
+        for s in sorted({int(c) for c in counts}):
+            n = int((counts == s).sum())
+            targets.append(errors[offset : offset + n * (s + 1)].view(n, s + 1)[:, -1])
+            offset += n * (s + 1)
+        return {"loss_multi_plain": plain_error, "loss_multi_refs": torch.cat(targets).mean()}
 
     def optimizer_params(self) -> Any:
         if self.train_parts == "classifier":
@@ -193,6 +320,9 @@ class IRDiffusionModule(BaseModule):
         self.log("val/loss", losses["diffusion"], prog_bar=True, batch_size=b)
         self.log("val/id_acc", losses["id_acc"], batch_size=b)
         self.log("val/pattern_acc", losses["pattern_acc"], batch_size=b)
+        for name in ("loss_multi_plain", "loss_multi_refs"):
+            if name in losses:
+                self.log(f"val/{name}", losses[name], batch_size=b)
         # the judge on loose crops: ground-truth boxes enlarged 1.5 times per axis
         present = batch["identity"] >= 0
         loose = _scaled(batch["boxes"].float(), 1.5)
@@ -203,6 +333,9 @@ class IRDiffusionModule(BaseModule):
 
     # --------------------------------------------------------------------------- evaluation
     def pipeline(self) -> IRDiffusionPipeline:
+        first = next(iter(self.model.unet.attn_processors.values()))
+        if self._pipeline is not None and getattr(first, "state", None) is not self._pipeline.state:
+            self._pipeline = None  # reference training replaced the processors since
         if self._pipeline is None:
             self._pipeline = IRDiffusionPipeline(
                 TinyBackend(self.model),

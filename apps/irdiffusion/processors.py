@@ -14,6 +14,9 @@ attention; the target's self-attention gets extra keys/values from the reference
   `j != i` (background pixels attend to, and are attended by, everything).
 - Mutual cross-attention blend: inside subject `i`'s target region the cross-attention output is
   blended with the output of the same queries attending to reference `i`'s prompt.
+- Extended attention (`route=False`, the `extended` variant): every target pixel sees every token
+  of every reference, with no subject routing (the plain "mutual self-attention" baseline of
+  training-free consistency methods, and how `module.reference_training` trains the base model).
 
 For the target rows the mask is one dense boolean `(P, 1, N, N + S * N)` (query pixels x [target
 pixels, repositioned reference pixels]); it is built once per resolution per generation with tensor
@@ -48,21 +51,27 @@ class IRSettings:
     isolation: bool = True
     reposition: bool = True
     cross_blend: float = 0.0
+    # False: every target pixel sees every reference token (no subject routing, no masks)
+    route: bool = True
 
     @classmethod
     def variant(cls, name: str, cross_blend: float = 0.0) -> IRSettings | None:
         """Settings of a named comparison variant (`vanilla` has none: no processors active)."""
         table = {
             "vanilla": None,
-            "mutual": (True, False, False),
-            "isolation": (True, True, False),
-            "reposition": (True, False, True),
-            "both": (True, True, True),
+            "extended": (True, False, False, False),
+            "mutual": (True, False, False, True),
+            "isolation": (True, True, False, True),
+            "reposition": (True, False, True, True),
+            "both": (True, True, True, True),
         }
         if name not in table:
             raise ValueError(f"unknown IR-Diffusion variant {name!r}; expected one of {sorted(table)}")
         flags = table[name]
-        return None if flags is None else cls(*flags, cross_blend=cross_blend)
+        if flags is None:
+            return None
+        reference, isolation, reposition, route = flags
+        return cls(reference, isolation, reposition, cross_blend=cross_blend, route=route)
 
 
 class IRState:
@@ -250,6 +259,8 @@ def build_layout(state: IRState, h: int, w: int) -> dict[str, Tensor | None]:
         self_mask = torch.ones(p, n, n, dtype=torch.bool, device=labels.device)
     owner = labels[:, :, None] == torch.arange(1, s + 1, device=labels.device).view(1, 1, s)  # (P, N, S)
     ref_mask = owner[..., None] & visible_ref[:, None]  # (P, N, S, N)
+    if not settings.route:
+        ref_mask = torch.ones_like(ref_mask)
     if not settings.reference:
         ref_mask = torch.zeros_like(ref_mask)
     mask = torch.cat([self_mask, ref_mask.reshape(p, n, s * n)], dim=-1)[:, None]

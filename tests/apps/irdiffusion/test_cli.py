@@ -105,3 +105,23 @@ def test_classifier_only_judge_training(smoke_run, tmp_path):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert "val/id_acc_loose" in metrics["fit"]
+
+
+def test_reference_training_from_a_checkpoint_with_the_extended_variant(smoke_run, tmp_path):
+    from tests.conftest import run_cli
+
+    run, common = smoke_run
+    out = tmp_path / "reftrain"
+    run_cli(
+        "apps.train",
+        "experiment=irdiffusion_reference_training",
+        f"app.module.init_weights={run / 'checkpoints' / 'last.ckpt'}",
+        "app.module.variants=[vanilla,extended,both]",
+        "trainer=smoke",
+        f"hydra.run.dir={out}",
+        *common,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fit"]["val/loss_multi_refs"] > 0 and metrics["fit"]["val/loss_multi_plain"] > 0
+    assert "test/extended/pattern_consistency" in metrics["test"]
+    assert "test/mutual/pattern_consistency" not in metrics["test"]

@@ -103,3 +103,32 @@ def test_repeated_subjects_in_train_and_val_only(tmp_path):
         assert torch.equal(test_plain[key], test_repeats[key]), key
     with pytest.raises(ValueError, match="repeat_prob"):
         GeneratorConfig(repeat_prob=1.5)
+
+
+def test_references_show_each_subject_alone_with_its_identity_and_pattern():
+    from apps.irdiffusion.generate import (
+        COLOURS,
+        PATTERNS,
+        identity_words,
+        pattern_shade,
+        render_references,
+        shape_mask,
+    )
+
+    config = GeneratorConfig(**{**TINY_GENERATOR, "image_size": 32, "min_size": 8, "max_size": 12})
+    rng = np.random.default_rng(3)
+    scene = sample_scene(rng, config, num_subjects=2)
+    refs = render_references(rng, config, scene["identity"], scene["pattern"])
+    assert refs["ref_images"].shape == (2, 3, 32, 32) and refs["ref_labels"].shape == (2, 32, 32)
+    for i in range(2):
+        x0, y0, x1, y1 = (int(v) for v in refs["ref_boxes"][i])
+        colour, shape = identity_words(int(scene["identity"][i]), config.num_shapes)
+        silhouette = shape_mask(shape, x1 - x0)
+        assert refs["ref_labels"][i].sum() == silhouette.sum() and refs["ref_labels"][i].max() == 1
+        # inside the silhouette: the scene subject's colour times the scene subject's pattern
+        shade = pattern_shade(PATTERNS[int(scene["pattern"][i])], x1 - x0)
+        expected = np.round(np.asarray(COLOURS[colour])[:, None, None] * shade * 255)
+        pixels = refs["ref_images"][i][:, y0:y1, x0:x1]
+        assert np.array_equal(pixels[:, silhouette], expected[:, silhouette].astype(np.uint8))
+    padded = render_references(rng, config, np.array([scene["identity"][0], -1]), np.array([0, -1]))
+    assert padded["ref_boxes"][1].tolist() == [-1] * 4 and padded["ref_images"][1].max() == 0

@@ -49,3 +49,58 @@ def test_classifier_only_training_from_a_checkpoint(tiny_datamodule, tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.classifier.parameters())
     module.eval()
     assert module._losses(batch)["diffusion"] > 0  # validation still reports the diffusion loss
+
+
+def test_reference_training_denoises_scenes_with_their_references(tmp_path):
+    import pytest
+
+    from apps.irdiffusion.data import IRDiffusionDataModule
+    from tests.apps.irdiffusion.conftest import TINY_GENERATOR
+
+    dm = IRDiffusionDataModule(
+        str(tmp_path / "data"), generator=TINY_GENERATOR, batch_size=8, eval_batch_size=8, references=True
+    )
+    dm.prepare_data()
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["ref_image"].shape == (8, 2, 3, 16, 16)
+    # the references are fixed per scene (same item twice, same images)
+    item = dm.splits["train"][0]
+    assert torch.equal(item["ref_image"], dm.splits["train"][0]["ref_image"])
+    assert "ref_image" not in dm.splits["test"][0]
+    overrides = {**dm.model_overrides(), **TINY_MODEL}
+    torch.manual_seed(0)
+    module = IRDiffusionModule(
+        IRDiffusionModel(**overrides),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        reference_training=1.0,
+        attention_backend="math",
+    )
+    module.train()
+    calls = []
+    original = module._group_errors
+
+    def spy(*args, **kwargs):
+        errors = original(*args, **kwargs)
+        calls.append(errors.shape[0])
+        return errors
+
+    module._group_errors = spy
+    losses = module._losses(batch)
+    multi = int((batch["num_subjects"] >= 2).sum())
+    assert multi > 0 and calls == [3 * multi]  # two references + the scene per two-subject scene
+    losses["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.unet.parameters())
+    assert not module._ir_state.active  # processors off again after the grouped forward
+    module.eval()
+    with torch.no_grad():
+        val = module._losses(batch, torch.Generator().manual_seed(0))
+    assert val["loss_multi_plain"] > 0 and val["loss_multi_refs"] > 0
+    assert not torch.isclose(val["loss_multi_plain"], val["loss_multi_refs"])
+    # without reference images the option fails naming the data key
+    del batch["ref_image"]
+    module.train()
+    with pytest.raises(ValueError, match="app.data.references"):
+        module._losses(batch)
+    with pytest.raises(ValueError, match="reference_variant"):
+        IRDiffusionModule(IRDiffusionModel(**overrides), optimizer=None, reference_variant="vanilla")

@@ -197,3 +197,16 @@ def test_state_resets_between_generations_and_rebuilds_masks():
     assert state.calls == 0 and not state.active and not state.record_cross and state._cache == {}
     state.configure(IRSettings(), **second)
     assert not torch.equal(state.layout(8, 8, torch.device("cpu"))["mask"], mask_first)
+
+
+def test_extended_variant_shows_every_reference_token_to_every_target_pixel():
+    layout = random_layout()
+    state = IRState()
+    settings = IRSettings.variant("extended")
+    assert settings is not None and not (settings.isolation or settings.reposition or settings.route)
+    state.configure(settings, **layout)
+    mask = build_layout(state, 8, 8)["mask"]
+    assert mask.shape == (2, 1, 64, 64 + 3 * 64) and bool(mask.all())
+    # the routed variants keep each reference to its own subject's pixels
+    state.configure(IRSettings.variant("mutual"), **layout)
+    assert not bool(build_layout(state, 8, 8)["mask"].all())
