@@ -15,7 +15,10 @@ by default `extended` (every scene pixel may attend to every reference token, no
 no isolation, no reposition). A large text-to-image model learns from natural images that alike
 things share their details, which is what training-free consistency methods rely on; our generated
 scenes never reward that, so this gives the small base model the same prior, without training
-any part of isolation or reposition. Validation then also reports the ε-MSE of the multi-subject
+any part of isolation or reposition. `reference_timesteps`: `same` noises the references at the
+scene's timestep (as the pipeline denoises them together), `lower` at a uniform timestep in
+[0, t] each, so they show their details more clearly than the scene does and copying pays off
+(with equally noisy references a model gains little from them: they are no clearer than the scene). Validation then also reports the ε-MSE of the multi-subject
 scenes without and with their references (`val/loss_multi_plain`, `val/loss_multi_refs`).
 
 Testing (also what `apps.eval` runs) is the IR-Diffusion evaluation: for each test scene the
@@ -114,6 +117,7 @@ class IRDiffusionModule(BaseModule):
         seed: int = 0,
         reference_training: float = 0.0,
         reference_variant: str = "extended",
+        reference_timesteps: str = "same",
         model_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
@@ -149,6 +153,11 @@ class IRDiffusionModule(BaseModule):
                 f"module.reference_variant: expected a variant with references, got {reference_variant!r}"
             )
         self.reference_variant = reference_variant
+        if reference_timesteps not in ("same", "lower"):
+            raise ValueError(
+                f"module.reference_timesteps: expected 'same' or 'lower', got {reference_timesteps!r}"
+            )
+        self.reference_timesteps = reference_timesteps
         self._ir_state: IRState | None = None
         self.noise_scheduler = model.train_scheduler()
         self._test_values: dict[str, dict[str, list[float]]] = {}
@@ -257,7 +266,11 @@ class IRDiffusionModule(BaseModule):
             ref_noise = torch.randn(refs.shape, generator=generator).to(refs)
             images = torch.cat([refs, batch["image"][idx, None]], dim=1).flatten(0, 1)
             group_noise = torch.cat([ref_noise, noise[idx, None]], dim=1).flatten(0, 1)
-            group_t = t[idx].repeat_interleave(s + 1)
+            ref_t = t[idx, None].expand(-1, s)
+            if self.reference_timesteps == "lower":
+                u = torch.rand(ref_t.shape, generator=generator).to(refs.device)
+                ref_t = (u * (ref_t + 1).float()).long().clamp_max(ref_t)
+            group_t = torch.cat([ref_t, t[idx, None]], dim=1).flatten()
             group_tokens = torch.cat([ref_tokens, tokens[idx, None]], dim=1).flatten(0, 1)
             scale = torch.tensor([size, size, size, size], dtype=torch.float32, device=refs.device)
             state.configure(

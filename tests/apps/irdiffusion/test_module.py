@@ -104,3 +104,36 @@ def test_reference_training_denoises_scenes_with_their_references(tmp_path):
         module._losses(batch)
     with pytest.raises(ValueError, match="reference_variant"):
         IRDiffusionModule(IRDiffusionModel(**overrides), optimizer=None, reference_variant="vanilla")
+    with pytest.raises(ValueError, match="reference_timesteps"):
+        IRDiffusionModule(IRDiffusionModel(**overrides), optimizer=None, reference_timesteps="higher")
+
+
+def test_lower_reference_timesteps_never_exceed_the_scene_timestep(tiny_datamodule, monkeypatch):
+    from apps.irdiffusion.data import IRDiffusionDataModule
+
+    dm = IRDiffusionDataModule(
+        tiny_datamodule.data_dir, generator=tiny_datamodule.generator.__dict__, batch_size=8, references=True
+    )
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    torch.manual_seed(0)
+    module = IRDiffusionModule(
+        IRDiffusionModel(**{**dm.model_overrides(), **TINY_MODEL}),
+        optimizer=None,
+        reference_training=1.0,
+        reference_timesteps="lower",
+        attention_backend="math",
+    )
+    seen = []
+    forward = module.model.forward
+
+    def spy(sample, timestep, tokens):
+        seen.append(timestep.clone())
+        return forward(sample, timestep, tokens)
+
+    monkeypatch.setattr(module.model, "forward", spy)
+    module.train()
+    module._losses(batch)
+    multi = int((batch["num_subjects"] >= 2).sum())
+    grouped = seen[-1].view(multi, 3)  # [ref_1, ref_2, scene] per two-subject scene
+    assert (grouped[:, :2] <= grouped[:, 2:]).all() and (grouped[:, :2] < grouped[:, 2:]).any()
