@@ -18,8 +18,9 @@ scenes never reward that, so this gives the small base model the same prior, wit
 any part of isolation or reposition. `reference_timesteps`: `same` noises the references at the
 scene's timestep (as the pipeline denoises them together), `lower` at a uniform timestep in
 [0, t] each, so they show their details more clearly than the scene does and copying pays off
-(with equally noisy references a model gains little from them: they are no clearer than the scene). Validation then also reports the ε-MSE of the multi-subject
-scenes without and with their references (`val/loss_multi_plain`, `val/loss_multi_refs`).
+(equally noisy references are no clearer than the scene, so a model gains little from them).
+Validation then also reports the ε-MSE of the multi-subject scenes without and with their
+references (`val/loss_multi_plain`, `val/loss_multi_refs`).
 
 Testing (also what `apps.eval` runs) is the IR-Diffusion evaluation: for each test scene the
 pipeline generates the references, the vanilla scene and the final pass of every variant from the

@@ -17,6 +17,8 @@ attention; the target's self-attention gets extra keys/values from the reference
 - Extended attention (`route=False`, the `extended` variant): every target pixel sees every token
   of every reference, with no subject routing (the plain "mutual self-attention" baseline of
   training-free consistency methods, and how `module.reference_training` trains the base model).
+  Only self-attention is unrouted: the cross-attention blend (`cross_blend`) applies to it as to
+  every other variant, so the variants differ in self-attention alone.
 
 For the target rows the mask is one dense boolean `(P, 1, N, N + S * N)` (query pixels x [target
 pixels, repositioned reference pixels]); it is built once per resolution per generation with tensor
