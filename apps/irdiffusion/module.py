@@ -223,10 +223,13 @@ class IRDiffusionModule(BaseModule):
         }
 
     # ------------------------------------------------------------------- reference training
+    def _installed_state(self) -> IRState | None:
+        """The `IRState` the UNet's attention processors are bound to now (None: not IR processors)."""
+        return getattr(next(iter(self.model.unet.attn_processors.values())), "state", None)
+
     def _train_state(self) -> IRState:
         """The IR state of the training processors (installed once; again if something replaced them)."""
-        first = next(iter(self.model.unet.attn_processors.values()))
-        if self._ir_state is None or getattr(first, "state", None) is not self._ir_state:
+        if self._ir_state is None or self._installed_state() is not self._ir_state:
             self._ir_state = install(self.model.unet, backend=self.attention_backend)
         return self._ir_state
 
@@ -347,8 +350,7 @@ class IRDiffusionModule(BaseModule):
 
     # --------------------------------------------------------------------------- evaluation
     def pipeline(self) -> IRDiffusionPipeline:
-        first = next(iter(self.model.unet.attn_processors.values()))
-        if self._pipeline is not None and getattr(first, "state", None) is not self._pipeline.state:
+        if self._pipeline is not None and self._installed_state() is not self._pipeline.state:
             self._pipeline = None  # reference training replaced the processors since
         if self._pipeline is None:
             self._pipeline = IRDiffusionPipeline(
