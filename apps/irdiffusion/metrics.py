@@ -12,7 +12,10 @@ the generated scene inside subject i's target box (both resized to the classifie
 - `leakage`: mean probability the classifier gives the *other* subjects' identities on the target
   crop of subject i (lower is better).
 
-Each is averaged over the subjects of a scene; tables report mean +- std over scenes.
+Each is averaged over the subjects of a scene; tables report mean +- std over scenes. Since every
+variant is generated from the same seeds, `paired_differences` also compares variants scene by
+scene: the mean of the per-scene differences with its standard error, and how many scenes are
+better, worse or tied, which separates small effects that the spread over scenes hides.
 
 `tighten=True` judges crops whose boxes are first shrunk to the foreground pixels inside them
 (`tighten_boxes`, plain-background scenes only). The classifier is trained on tight ground-truth
@@ -127,4 +130,65 @@ def markdown_table(table: dict[str, dict[str, tuple[float, float]]], names: tupl
         f"| {variant} | " + " | ".join(f"{m[n][0]:.3f} ± {m[n][1]:.3f}" for n in names) + " |"
         for variant, m in table.items()
     ]
+    return header + "\n".join(rows) + "\n"
+
+
+# the comparisons of the issue's target: the full method against vanilla and against each part alone
+PAIRS = (
+    ("both", "vanilla"),
+    ("both", "isolation"),
+    ("both", "reposition"),
+    ("isolation", "vanilla"),
+    ("reposition", "vanilla"),
+    ("mutual", "vanilla"),
+    ("extended", "vanilla"),
+)
+
+
+def paired_differences(
+    values: dict[str, dict[str, list[float]]], pairs: tuple[tuple[str, str], ...] = PAIRS
+) -> dict[str, dict[str, dict[str, float]]]:
+    """`"a - b"` -> metric -> {mean, se, better, worse, tied, n} over scenes, for the pairs present.
+
+    `values` holds per-scene values in the same scene order for every variant (the same seeds);
+    `better` counts scenes where `a` is higher (for `leakage` lower is better: it counts lower).
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for a, b in pairs:
+        if a not in values or b not in values:
+            continue
+        out[f"{a} - {b}"] = {}
+        for name in values[a]:
+            if name not in values[b]:
+                continue
+            x = torch.tensor(values[a][name], dtype=torch.float64)
+            y = torch.tensor(values[b][name], dtype=torch.float64)
+            if x.shape != y.shape:
+                raise ValueError(f"{a} and {b} have different numbers of scenes for {name}")
+            d = x - y
+            n = d.numel()
+            se = float(d.std(unbiased=True)) / n**0.5 if n > 1 else 0.0
+            gain = -d if name.startswith("leakage") or name.endswith("leakage") else d
+            out[f"{a} - {b}"][name] = {
+                "mean": float(d.mean()) if n else 0.0,
+                "se": se,
+                "better": int((gain > 0).sum()),
+                "worse": int((gain < 0).sum()),
+                "tied": int((gain == 0).sum()),
+                "n": n,
+            }
+    return out
+
+
+def paired_markdown(paired: dict[str, dict[str, dict[str, float]]], names: tuple[str, ...] = METRICS) -> str:
+    """Rows `a - b`, cells `mean ± se (better/worse)` for the metrics `names` present."""
+    names = tuple(n for n in names if any(n in m for m in paired.values()))
+    header = "| difference | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    rows = []
+    for pair, metrics in paired.items():
+        cells = []
+        for n in names:
+            m = metrics.get(n)
+            cells.append(f"{m['mean']:+.3f} ± {m['se']:.3f} ({m['better']}/{m['worse']})" if m else "–")
+        rows.append(f"| {pair} | " + " | ".join(cells) + " |")
     return header + "\n".join(rows) + "\n"

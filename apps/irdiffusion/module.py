@@ -24,7 +24,8 @@ references (`val/loss_multi_plain`, `val/loss_multi_refs`).
 
 Testing (also what `apps.eval` runs) is the IR-Diffusion evaluation: for each test scene the
 pipeline generates the references, the vanilla scene and the final pass of every variant from the
-same seeds, scores them (`metrics.py`), and at the end writes `irdiffusion_table.md/json` (mean +- std
+same seeds (`reference_noise`: how noisy the references are in the final pass, 1 = their own
+trajectories as in the paper, γ < 1 = re-noised to γ·t, see `pipeline.py`), scores them (`metrics.py`), and at the end writes `irdiffusion_table.md/json` (mean +- std
 over scenes), comparison grids and timings into the run folder. With `clip_path` / `dino_path` (local
 model folders) the tables add CLIP-I, CLIP-T, DINO and DINO-leakage scores (`external.py`).
 """
@@ -43,7 +44,14 @@ from torch import Tensor
 from apps.common.io import write_json
 from apps.common.module import BaseModule
 from apps.irdiffusion.external import EXTERNAL_METRICS
-from apps.irdiffusion.metrics import METRICS, markdown_table, subject_metrics, summarise
+from apps.irdiffusion.metrics import (
+    METRICS,
+    markdown_table,
+    paired_differences,
+    paired_markdown,
+    subject_metrics,
+    summarise,
+)
 from apps.irdiffusion.pipeline import (
     VARIANTS,
     IRDiffusionPipeline,
@@ -57,6 +65,8 @@ from apps.irdiffusion.processors import IRSettings, IRState, install
 log = logging.getLogger(__name__)
 
 FOREGROUND_SUFFIX = "_fg"
+# columns of the paired-difference table (reference alignment is the same for every variant)
+PAIRED_COLUMNS = (*METRICS, "pattern_consistency" + FOREGROUND_SUFFIX, "leakage" + FOREGROUND_SUFFIX)
 
 
 def scale_jitter(boxes: Tensor, amount: float) -> Tensor:
@@ -119,6 +129,7 @@ class IRDiffusionModule(BaseModule):
         reference_training: float = 0.0,
         reference_variant: str = "extended",
         reference_timesteps: str = "same",
+        reference_noise: float = 1.0,
         model_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
@@ -159,6 +170,9 @@ class IRDiffusionModule(BaseModule):
                 f"module.reference_timesteps: expected 'same' or 'lower', got {reference_timesteps!r}"
             )
         self.reference_timesteps = reference_timesteps
+        if not 0.0 <= reference_noise <= 1.0:
+            raise ValueError(f"module.reference_noise must lie in [0, 1], got {reference_noise}")
+        self.reference_noise = float(reference_noise)
         self._ir_state: IRState | None = None
         self.noise_scheduler = model.train_scheduler()
         self._test_values: dict[str, dict[str, list[float]]] = {}
@@ -362,6 +376,7 @@ class IRDiffusionModule(BaseModule):
                 layers=self.ir_layers,
                 attention_backend=self.attention_backend,
                 segmenter=foreground_segmenter if self.segmenter == "foreground" else None,
+                reference_noise=self.reference_noise,
             )
         return self._pipeline
 
@@ -451,7 +466,9 @@ class IRDiffusionModule(BaseModule):
                 self._grid[variant].append(images[:keep])
 
     def on_test_epoch_end(self) -> None:
-        table = summarise({v: dict(m) for v, m in self._test_values.items() if m})
+        values = {v: dict(m) for v, m in self._test_values.items() if m}
+        table = summarise(values)
+        paired = paired_differences(values)
         for variant, metrics in table.items():
             for name, (mean, _std) in metrics.items():
                 self.log(f"test/{variant}/{name}", mean)
@@ -475,9 +492,12 @@ class IRDiffusionModule(BaseModule):
                 v: {n: {"mean": m, "std": sd} for n, (m, sd) in metrics.items()}
                 for v, metrics in table.items()
             },
+            "paired": paired,
             "timing": timing,
             "sample_steps": self.sample_steps,
             "guidance_scale": self.guidance_scale,
+            "reference_noise": self.reference_noise,
+            "per_scene": values,
         }
         if out_dir is not None:
             write_json(out_dir / "irdiffusion_table.json", report)
@@ -488,6 +508,13 @@ class IRDiffusionModule(BaseModule):
                 + markdown_table(table, names)
                 + "\nCrops by the pipeline's boxes shrunk to the foreground inside them (`_fg`):\n\n"
                 + markdown_table(table, tuple(n + FOREGROUND_SUFFIX for n in names))
+                + (
+                    "\nPaired differences over the same scenes (mean ± standard error; in brackets the "
+                    "scenes where the first variant is better / worse, for leakage: lower):\n\n"
+                    + paired_markdown(paired, PAIRED_COLUMNS)
+                    if paired
+                    else ""
+                )
                 + (
                     "\nPretrained-encoder scores (CLIP / DINO, pipeline boxes):\n\n"
                     + markdown_table(table, external)
@@ -503,10 +530,11 @@ class IRDiffusionModule(BaseModule):
                 save_comparison_grid(columns, out_dir / "plots" / "irdiffusion_grid.png")
         fg_names = tuple(n + FOREGROUND_SUFFIX for n in METRICS)
         log.info(
-            "IR-Diffusion evaluation over %d scenes:\n%s\n%s",
+            "IR-Diffusion evaluation over %d scenes:\n%s\n%s\n%s",
             int(scenes),
             markdown_table(table),
             markdown_table(table, fg_names),
+            paired_markdown(paired, PAIRED_COLUMNS) if paired else "",
         )
 
     def _output_dir(self) -> Path | None:

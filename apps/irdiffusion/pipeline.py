@@ -7,7 +7,12 @@
    variant); its subject-token maps give each subject's target box and region.
 3. The final pass denoises `[ref_1, ..., ref_S, target]` groups from the vanilla scene's noise with
    the IR processors active; the reference slots replay their stored trajectories, so their
-   hidden states at every layer and step are those of step 1.
+   hidden states at every layer and step are those of step 1 (the paper's setting,
+   `reference_noise=1`). With `reference_noise = γ < 1` (our ablation, not the paper's) the
+   reference slots instead hold their finished latents noised afresh, with their own initial
+   noise, to timestep `round(γ · t)` at the target's timestep t, and the UNet is told that
+   timestep for those rows: references clearer than the target (γ = 0: clean references), for a
+   base model that copies only from references less noisy than itself.
 
 Backends: `TinyBackend` (our base model, pixel space, caption ids) and `DiffusersBackend` (any local
 `StableDiffusionPipeline` / `StableDiffusionXLPipeline` folder, latent space, string prompts).
@@ -261,7 +266,11 @@ class IRDiffusionPipeline:
         layers: str | Sequence[str] = "all",
         attention_backend: str = "auto",
         segmenter: Segmenter | None = None,
+        reference_noise: float = 1.0,
     ) -> None:
+        if not 0.0 <= reference_noise <= 1.0:
+            raise ValueError(f"reference_noise must lie in [0, 1], got {reference_noise}")
+        self.reference_noise = float(reference_noise)
         self.backend = backend
         self.steps = steps
         self.guidance_scale = guidance_scale
@@ -280,10 +289,14 @@ class IRDiffusionPipeline:
         noise: Tensor,
         cond: tuple[Tensor, dict[str, Tensor]],
         uncond: tuple[Tensor, dict[str, Tensor]],
-        replay: list[Tensor] | None = None,
+        replay: Callable[[int, Tensor], tuple[Tensor, Tensor | None]] | None = None,
         replay_slots: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
-        """DDIM with classifier-free guidance; `replay[i]` overwrites the `replay_slots` rows before step i."""
+        """DDIM with classifier-free guidance.
+
+        `replay(i, t)` gives the latents `(B, ...)` whose `replay_slots` rows overwrite x before step
+        i (timestep t), and the timestep of those rows (None: t, like every other row).
+        """
         scheduler = self.backend.scheduler()
         scheduler.set_timesteps(self.steps)
         x = noise * scheduler.init_noise_sigma
@@ -292,11 +305,17 @@ class IRDiffusionPipeline:
         extra = {k: torch.cat([uncond[1][k], cond[1][k]]) for k in cond[1]}
         for i, t in enumerate(scheduler.timesteps):
             self.state.step = i
+            timestep: Tensor = t
             if replay is not None:
+                latents, replay_t = replay(i, t)
                 x = x.clone()
-                x[replay_slots] = replay[i][replay_slots]
+                x[replay_slots] = latents[replay_slots].to(x.dtype)
+                if replay_t is not None:
+                    rows = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+                    rows[replay_slots] = int(replay_t)
+                    timestep = torch.cat([rows, rows])
             model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
-            eps_uncond, eps_cond = self._unet(model_in, t, context, extra).chunk(2)
+            eps_uncond, eps_cond = self._unet(model_in, timestep, context, extra).chunk(2)
             eps = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
             x = scheduler.step(eps, t, x).prev_sample
             trajectory.append(x)
@@ -396,8 +415,8 @@ class IRDiffusionPipeline:
         group_uncond = self._grouped(ref_uncond, uncond, p, s)
         slots = torch.zeros(p * g, dtype=torch.bool)
         slots.view(p, g)[:, :s] = True
-        replay = [self._group_latents(step.view(p, s, c, lh, lw), noise_target, p) for step in ref_trajectory]
         init = self._group_latents(noise_refs.view(p, s, c, lh, lw), noise_target, p)
+        replay = self._replay(ref_trajectory, ref_latents, noise_refs, noise_target, p, s)
         for variant in variants:
             if variant == "vanilla":
                 continue
@@ -415,6 +434,23 @@ class IRDiffusionPipeline:
             generation.images[variant] = backend.decode(final.view(p, g, c, lh, lw)[:, s])
         self.state.reset()
         return generation
+
+    def _replay(
+        self, trajectory: list[Tensor], finished: Tensor, noise_refs: Tensor, noise_target: Tensor, p: int, s: int
+    ) -> Callable[[int, Tensor], tuple[Tensor, Tensor | None]]:
+        """The reference slots' latents (and timestep) before each step of the final pass."""
+        c, lh, lw = self.backend.latent_shape
+        if self.reference_noise >= 1.0:  # the paper: replay the references' own trajectories
+            stored = [self._group_latents(x.view(p, s, c, lh, lw), noise_target, p) for x in trajectory]
+            return lambda i, t: (stored[i], None)
+        scheduler = self.backend.scheduler()  # its add_noise: the training forward process
+
+        def renoised(i: int, t: Tensor) -> tuple[Tensor, Tensor]:
+            t_ref = torch.tensor(int(round(self.reference_noise * int(t))), dtype=torch.long)
+            x = scheduler.add_noise(finished, noise_refs.to(finished.dtype), t_ref.expand(finished.shape[0]))
+            return self._group_latents(x.view(p, s, c, lh, lw), noise_target, p), t_ref
+
+        return renoised
 
     def time_plain_groups(
         self, ref_prompts: Any, target_prompts: Any, p: int, s: int, seed: int = 0

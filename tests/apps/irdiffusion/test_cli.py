@@ -59,11 +59,16 @@ def test_smoke_train_runs_the_ir_evaluation(smoke_run):
             assert f"test/{variant}/{name}" in metrics["test"]
     table = json.loads((run / "irdiffusion_table.json").read_text())
     assert table["scenes"] == 2 and "processor_overhead_both_vs_plain_groups" in table["timing"]
+    # per-scene values and the paired comparisons of the target (both vs vanilla and vs each part)
+    assert len(table["per_scene"]["both"]["pattern_consistency"]) == 2 and table["reference_noise"] == 1.0
+    for pair in ("both - vanilla", "both - isolation", "both - reposition"):
+        assert table["paired"][pair]["leakage"]["n"] == 2
     # the optional CLIP / DINO scores (tiny random local models)
     for name in ("clip_i", "clip_t", "dino", "dino_leakage"):
         assert f"test/both/{name}" in metrics["test"]
     markdown = (run / "irdiffusion_table.md").read_text()
     assert markdown.count("| variant |") == 3 and "reference_alignment_fg" in markdown
+    assert "| both - vanilla | " in markdown and "| difference |" in markdown
     assert "| clip_i | clip_t | dino | dino_leakage |" in markdown
     assert (run / "plots" / "irdiffusion_grid.png").is_file()
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from apps.common.export import export_graphs
-from apps.irdiffusion.metrics import colour_histograms, subject_metrics, tighten_boxes
+from apps.irdiffusion.metrics import (
+    colour_histograms,
+    paired_differences,
+    paired_markdown,
+    subject_metrics,
+    tighten_boxes,
+)
 from apps.irdiffusion.pipeline import (
     VARIANTS,
     IRDiffusionPipeline,
@@ -19,13 +25,15 @@ from apps.irdiffusion.pipeline import (
 )
 
 
-def run_pipeline(model, batch, segmenter=None):
-    pipe = IRDiffusionPipeline(TinyBackend(model), steps=2, guidance_scale=2.0, segmenter=segmenter)
+def run_pipeline(model, batch, segmenter=None, variants=VARIANTS, **kwargs):
+    pipe = IRDiffusionPipeline(TinyBackend(model), steps=2, guidance_scale=2.0, segmenter=segmenter, **kwargs)
     s = int(batch["num_subjects"].min())
     indices = list(range(batch["tokens"].shape[0]))
     refs = torch.cat(subject_prompts(batch, indices, model.max_length))
     ref_positions = torch.tensor([[1, 2]]).expand(refs.shape[0], 2)
-    generation = pipe.run(batch["tokens"], refs, batch["subject_tokens"][:, :s], ref_positions, seeds=indices)
+    generation = pipe.run(
+        batch["tokens"], refs, batch["subject_tokens"][:, :s], ref_positions, seeds=indices, variants=variants
+    )
     return pipe, generation
 
 
@@ -41,6 +49,36 @@ def test_pipeline_is_deterministic_and_resets_state(tiny_model, test_batch):
     assert not torch.allclose(first.images["vanilla"], first.images["both"])
     _, segmented = run_pipeline(tiny_model, test_batch, segmenter=foreground_segmenter)
     assert segmented.ref_masks.dtype == torch.bool
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_reference_noise_feeds_renoised_references_at_their_own_timestep(tiny_model, test_batch, gamma):
+    """reference_noise < 1: reference rows hold the finished references noised to round(γ t), told that t."""
+    seen = []
+    hook = tiny_model.unet.register_forward_pre_hook(
+        lambda module, args: seen.append((args[0].detach().clone(), torch.as_tensor(args[1]).clone()))
+    )
+    try:
+        pipe, generation = run_pipeline(tiny_model, test_batch, variants=("both",), reference_noise=gamma)
+    finally:
+        hook.remove()
+    p, s = generation.references.shape[:2]
+    final_pass = seen[-pipe.steps :]  # after the references' and the vanilla scene's passes
+    scheduler = TinyBackend(tiny_model).scheduler()
+    scheduler.set_timesteps(pipe.steps)
+    finished = generation.references.flatten(0, 1) * 2 - 1  # pixel space: latents are the images
+    for (x, t), step_t in zip(final_pass, scheduler.timesteps):
+        refs = x[: p * (s + 1)].view(p, s + 1, *x.shape[1:])[:, :s].flatten(0, 1)  # the unconditional half
+        t = t[: p * (s + 1)].view(p, s + 1)
+        t_ref = round(gamma * int(step_t))
+        assert (t[:, :s] == t_ref).all() and (t[:, s] == int(step_t)).all()
+        difference = (refs - finished).abs().max()
+        if t_ref == 0:  # ᾱ_0 < 1: a trace of noise (std about 0.007 under the cosine schedule)
+            assert difference < 0.05
+        else:
+            assert difference > 0.1
+    with pytest.raises(ValueError, match="reference_noise"):
+        IRDiffusionPipeline(TinyBackend(tiny_model), reference_noise=1.5)
 
 
 def test_boxes_token_maps_and_segmenter():
@@ -147,3 +185,22 @@ def test_tightened_judge_boxes(tiny_model):
     tightened = subject_metrics(tiny_model.classifier, refs, loose, images, loose, identity, tighten=True)
     for name, value in on_tight.items():
         assert torch.allclose(value, tightened[name]), name
+
+
+def test_paired_differences_compare_variants_scene_by_scene():
+    values = {
+        "vanilla": {"pattern_consistency": [0.0, 0.5, 1.0, 0.5], "leakage": [0.2, 0.1, 0.3, 0.1]},
+        "both": {"pattern_consistency": [0.5, 0.5, 1.0, 1.0], "leakage": [0.1, 0.2, 0.3, 0.0]},
+        "isolation": {"pattern_consistency": [0.5, 0.0, 1.0, 0.5], "leakage": [0.1, 0.1, 0.1, 0.1]},
+    }
+    paired = paired_differences(values)
+    assert set(paired) == {"both - vanilla", "both - isolation", "isolation - vanilla"}  # present pairs only
+    pc = paired["both - vanilla"]["pattern_consistency"]
+    assert pc["mean"] == pytest.approx(0.25) and (pc["better"], pc["worse"], pc["tied"], pc["n"]) == (2, 0, 2, 4)
+    assert pc["se"] == pytest.approx(torch.tensor([0.5, 0.0, 0.0, 0.5]).std().item() / 2)
+    leak = paired["both - vanilla"]["leakage"]  # lower is better
+    assert leak["mean"] == pytest.approx(-0.025) and (leak["better"], leak["worse"], leak["tied"]) == (2, 1, 1)
+    table = paired_markdown(paired, ("pattern_consistency", "leakage", "caption_alignment"))
+    assert "| both - vanilla | +0.250 ± 0.144 (2/0) |" in table and "caption_alignment" not in table
+    with pytest.raises(ValueError, match="different numbers of scenes"):
+        paired_differences({"both": {"leakage": [0.1]}, "vanilla": {"leakage": [0.1, 0.2]}})
