@@ -436,7 +436,13 @@ class IRDiffusionPipeline:
         return generation
 
     def _replay(
-        self, trajectory: list[Tensor], finished: Tensor, noise_refs: Tensor, noise_target: Tensor, p: int, s: int
+        self,
+        trajectory: list[Tensor],
+        finished: Tensor,
+        noise_refs: Tensor,
+        noise_target: Tensor,
+        p: int,
+        s: int,
     ) -> Callable[[int, Tensor], tuple[Tensor, Tensor | None]]:
         """The reference slots' latents (and timestep) before each step of the final pass."""
         c, lh, lw = self.backend.latent_shape

@@ -196,10 +196,12 @@ def test_paired_differences_compare_variants_scene_by_scene():
     paired = paired_differences(values)
     assert set(paired) == {"both - vanilla", "both - isolation", "isolation - vanilla"}  # present pairs only
     pc = paired["both - vanilla"]["pattern_consistency"]
-    assert pc["mean"] == pytest.approx(0.25) and (pc["better"], pc["worse"], pc["tied"], pc["n"]) == (2, 0, 2, 4)
+    assert pc["mean"] == pytest.approx(0.25)
+    assert (pc["better"], pc["worse"], pc["tied"], pc["n"]) == (2, 0, 2, 4)
     assert pc["se"] == pytest.approx(torch.tensor([0.5, 0.0, 0.0, 0.5]).std().item() / 2)
     leak = paired["both - vanilla"]["leakage"]  # lower is better
-    assert leak["mean"] == pytest.approx(-0.025) and (leak["better"], leak["worse"], leak["tied"]) == (2, 1, 1)
+    assert leak["mean"] == pytest.approx(-0.025)
+    assert (leak["better"], leak["worse"], leak["tied"]) == (2, 1, 1)
     table = paired_markdown(paired, ("pattern_consistency", "leakage", "caption_alignment"))
     assert "| both - vanilla | +0.250 ± 0.144 (2/0) |" in table and "caption_alignment" not in table
     with pytest.raises(ValueError, match="different numbers of scenes"):
