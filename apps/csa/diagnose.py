@@ -9,6 +9,11 @@ it prints, on the test split:
 - the average recall of the top 100 proposals over tIoU 0.5:0.05:0.95 by ground-truth length
   (short < 10 % of the video, medium < 40 %, long), with the ceiling that proposals on BMN's
   ``T``-snippet grid can reach (the best grid interval for every segment);
+- the class-agnostic average precision of the top 100 proposals of every video pooled over the
+  test videos (tIoU 0.5:0.05:0.95, mmaction2's detection AP with one class), with the proposals'
+  own scores and with each video's scores divided by that video's highest: detection mAP ranks
+  proposals *across* videos while AR@AN counts them per video, so a model can lead on AR and trail
+  on mAP when its scores are less comparable between videos, which the second number removes;
 - once per dataset: how well one snippet of the input features tells action from background
   (logistic regression fitted on the training snippets).
 
@@ -61,6 +66,32 @@ def recall_by_length(
     for segment, props in zip(segments, proposals):
         hits[length_bin(segment[1] - segment[0])].append(float((best_iou(props, segment) >= TIOU).mean()))
     return {name: (float(np.mean(v)) if v else float("nan"), len(v)) for name, v in hits.items()}
+
+
+def class_agnostic_ap(
+    segments: list[list[tuple[float, float]]], proposals: list[list[tuple[float, float, float]]]
+) -> dict[str, float]:
+    """Average precision over tIoU 0.5:0.05:0.95 of all videos' proposals pooled, one class.
+
+    ``segments[k]``: video k's ground truth ``(start, end)``; ``proposals[k]``: its ``(start, end,
+    score)``. ``raw`` ranks by the scores as given, ``per_video_max`` by each score over the highest
+    of its video (every video's best proposal then scores 1).
+    """
+    from apps.csa import mm
+
+    ap_fn = mm.average_precision_detection_fn()
+    gts = [
+        {"video-id": str(k), "t-start": s, "t-end": e} for k, video in enumerate(segments) for s, e in video
+    ]
+    report = {}
+    for name in ("raw", "per_video_max"):
+        preds = []
+        for k, video in enumerate(proposals):
+            top = max((score for _, _, score in video), default=1.0) or 1.0
+            scale = 1.0 / top if name == "per_video_max" else 1.0
+            preds += [{"video-id": str(k), "t-start": s, "t-end": e, "score": c * scale} for s, e, c in video]
+        report[name] = float(np.mean(ap_fn(gts, preds, TIOU))) if gts and preds else 0.0
+    return report
 
 
 def _inside(boxes: np.ndarray, temporal_dim: int) -> np.ndarray:
@@ -118,16 +149,23 @@ def diagnose(run: Path, probe: bool = False) -> dict[str, Any]:
     infos = [{"duration_frame": v.duration_frame, "duration_second": v.duration_second} for v in split.videos]
     proposals = model.proposals(out.confidence_map, out.start, out.end, infos)
     segments, props, grid = [], [], grid_intervals(T)
+    per_video_segments, per_video_props = [], []
     for video, video_props in zip(split.videos, proposals):
         span = video.feature_frame / video.duration_frame * video.duration_second
         normalised = np.array([p["segment"] for p in video_props[:100]]).reshape(-1, 2) / span
-        for box in normalised_boxes(video):
-            segments.append((float(box[0]), float(box[1])))
+        boxes = [(float(box[0]), float(box[1])) for box in normalised_boxes(video)]
+        for box in boxes:
+            segments.append(box)
             props.append(normalised)
+        per_video_segments.append(boxes)
+        per_video_props.append(
+            [(float(a), float(b), float(p["score"])) for (a, b), p in zip(normalised, video_props[:100])]
+        )
     report: dict[str, Any] = {
         "run": str(run),
         "recall_by_length": recall_by_length(segments, props),
         "grid_ceiling": recall_by_length(segments, [grid] * len(segments)),
+        "class_agnostic_ap": class_agnostic_ap(per_video_segments, per_video_props),
     }
     if out.channel_weights is not None:
         inside = np.stack([_inside(normalised_boxes(v), T) for v in split.videos])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apps.csa.diagnose import best_iou, grid_intervals, length_bin, recall_by_length
+from apps.csa.diagnose import best_iou, class_agnostic_ap, grid_intervals, length_bin, recall_by_length
 
 
 def test_length_bins_and_best_iou():
@@ -24,3 +24,12 @@ def test_grid_ceiling_by_length():
     assert report["long"] == (1.0, 1)
     assert report["short"] == (0.0, 1)
     assert np.isnan(report["medium"][0]) and report["medium"][1] == 0
+
+
+def test_class_agnostic_ap_and_per_video_normalisation():
+    segments = [[(0.1, 0.3)], [(0.5, 0.9)]]
+    # each video's best proposal is right, but video 0's false one outscores video 1's true one
+    proposals = [[(0.1, 0.3, 0.9), (0.6, 0.8, 0.5)], [(0.5, 0.9, 0.2), (0.0, 0.1, 0.1)]]
+    report = class_agnostic_ap(segments, proposals)
+    assert report["per_video_max"] == pytest.approx(1.0)  # both true proposals now rank first
+    assert report["raw"] == pytest.approx((1.0 + 2 / 3) / 2)  # precision 1 at recall 0.5, 2/3 at 1
