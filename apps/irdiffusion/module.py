@@ -25,8 +25,10 @@ references (`val/loss_multi_plain`, `val/loss_multi_refs`).
 Testing (also what `apps.eval` runs) is the IR-Diffusion evaluation: for each test scene the
 pipeline generates the references, the vanilla scene and the final pass of every variant from the
 same seeds (`reference_noise`: how noisy the references are in the final pass, 1 = their own
-trajectories as in the paper, γ < 1 = re-noised to γ·t, see `pipeline.py`), scores them (`metrics.py`), and at the end writes `irdiffusion_table.md/json` (mean +- std
-over scenes), comparison grids and timings into the run folder. With `clip_path` / `dino_path` (local
+trajectories as in the paper, γ < 1 = re-noised to γ·t, see `pipeline.py`), scores them
+(`metrics.py`), and at the end writes `irdiffusion_table.md/json` (mean +- std over scenes, paired
+per-scene differences between variants, every scene's scores), comparison grids and timings into
+the run folder. With `clip_path` / `dino_path` (local
 model folders) the tables add CLIP-I, CLIP-T, DINO and DINO-leakage scores (`external.py`).
 """
 
