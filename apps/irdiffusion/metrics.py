@@ -168,7 +168,7 @@ def paired_differences(
             d = x - y
             n = d.numel()
             se = float(d.std(unbiased=True)) / n**0.5 if n > 1 else 0.0
-            gain = -d if name.startswith("leakage") or name.endswith("leakage") else d
+            gain = -d if "leakage" in name else d  # leakage, leakage_fg, dino_leakage
             out[f"{a} - {b}"][name] = {
                 "mean": float(d.mean()) if n else 0.0,
                 "se": se,
