@@ -38,12 +38,26 @@ class BaseModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params=self.optimizer_params())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        kwargs: dict[str, Any] = {}
+        if _wants_total_steps(self.scheduler_factory):
+            kwargs["total_steps"] = self.trainer.estimated_stepping_batches
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        # schedulers that count optimiser updates say so (apps.common.schedulers); others are
+        # stepped once per epoch
+        interval = getattr(scheduler, "interval", "epoch")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model_config is not None:
             checkpoint["model_config"] = self.model_config
+
+
+def _wants_total_steps(factory: Callable[..., Any]) -> bool:
+    """Whether a scheduler partial asks for the trainer's step count and was not given one."""
+    cls = getattr(factory, "func", factory)
+    if not getattr(cls, "needs_total_steps", False):
+        return False
+    return getattr(factory, "keywords", {}).get("total_steps") is None
 
 
 def model_state_dict(checkpoint: dict[str, Any], prefix: str = "model.") -> dict[str, torch.Tensor]:

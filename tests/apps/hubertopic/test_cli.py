@@ -49,6 +49,9 @@ def smoke_run(tmp_path_factory) -> tuple[Path, list[str]]:
         "app=hubertopic",
         "trainer=smoke",
         "attention=softmax",
+        # HuBERT's per-update warm-up + decay schedule (experiment=hubertopic_base uses it)
+        "app.module.scheduler={_target_:apps.common.schedulers.WarmupPolynomialDecay,_partial_:true,"
+        "warmup_steps:null,warmup_fraction:0.5}",
         f"paths.output_root={out}",
         f"hydra.run.dir={out / 'run'}",
         *common,
@@ -72,7 +75,11 @@ def test_smoke_train_writes_units_topics_checkpoint_and_probes(smoke_run):
     assert (run / "topic_contingency.png").stat().st_size > 0 and (
         run / "probe_scores.png"
     ).stat().st_size > 0
-    config = load_checkpoint(run / "checkpoints" / "last.ckpt")["model_config"]
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    # the schedule was sized from the trainer (1 epoch × 2 batches) and stepped per update
+    (schedule,) = checkpoint["lr_schedulers"]
+    assert (schedule["total_steps"], schedule["warmup_steps"], schedule["last_epoch"]) == (2, 1, 2)
+    config = checkpoint["model_config"]
     assert config["_target_"] == "apps.hubertopic.model.HuBERTopic"
     assert config["num_classes"] == 8 and config["num_topics"] == 3
     assert config["attention"]["_target_"] == "shared_attention.MultiHeadAttention"
@@ -153,3 +160,17 @@ def test_model_size_configs_compose(size, width, layers):
         cfg = compose(config_name="train", overrides=["app=hubertopic", f"hubert_model@app.model={size}"])
     assert cfg.app.model._target_ == "apps.hubertopic.model.HuBERTopic"
     assert (cfg.app.model.embed_dim, cfg.app.model.num_layers) == (width, layers)
+
+
+def test_base_recipe_experiment_composes():
+    from hydra import compose, initialize_config_dir
+
+    from apps.common.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=hubertopic_base"])
+    assert (cfg.app.model.embed_dim, cfg.app.model.num_layers) == (768, 12)
+    assert cfg.app.module.scheduler._target_ == "apps.common.schedulers.WarmupPolynomialDecay"
+    assert cfg.app.module.scheduler.warmup_fraction == 0.08
+    assert list(cfg.app.module.optimizer.betas) == [0.9, 0.98]
