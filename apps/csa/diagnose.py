@@ -167,15 +167,17 @@ def diagnose(run: Path, probe: bool = False) -> dict[str, Any]:
         "grid_ceiling": recall_by_length(segments, [grid] * len(segments)),
         "class_agnostic_ap": class_agnostic_ap(per_video_segments, per_video_props),
     }
+    csa: dict[str, float] = {}
     if out.channel_weights is not None:
+        csa["channel_mean"] = float(out.channel_weights.mean())
+        csa["channel_std_over_videos"] = float(out.channel_weights.std(dim=0).mean())
+    if out.temporal_weights is not None:
         inside = np.stack([_inside(normalised_boxes(v), T) for v in split.videos])
         temporal = out.temporal_weights.numpy()
-        report["csa"] = {
-            "channel_mean": float(out.channel_weights.mean()),
-            "channel_std_over_videos": float(out.channel_weights.std(dim=0).mean()),
-            "temporal_inside": float(temporal[inside].mean()),
-            "temporal_outside": float(temporal[~inside].mean()),
-        }
+        csa["temporal_inside"] = float(temporal[inside].mean())
+        csa["temporal_outside"] = float(temporal[~inside].mean())
+    if csa:
+        report["csa"] = csa
     if probe:
         report["snippet_probe_acc"] = snippet_probe(datamodule, T)
     return report

@@ -78,6 +78,7 @@ def _drop_sample_mask(module: nn.Module, state_dict: dict[str, Any], prefix: str
 
 
 FUSIONS = ("sequential", "parallel_sum", "parallel_mul")
+BRANCHES = ("both", "channel", "temporal")
 LAST_LAYER_WEIGHT_SCALE = 0.1
 
 
@@ -103,6 +104,9 @@ class ClassSemanticsAttention(nn.Module):
             default initialisation.
         centered: gate ``X ⊙ w / w₀`` (identity at zero logits; ``residual`` and ``init_logit`` are
             then unused, the last layers start with zero bias and weights scaled by 0.1).
+        branches: ``both`` (default), or only the ``channel`` or the ``temporal`` branch (the
+            ablation of each; the other branch is not built, its weights are ``None`` and ``fusion``
+            is moot: the one gate is applied alone).
     """
 
     def __init__(
@@ -115,53 +119,75 @@ class ClassSemanticsAttention(nn.Module):
         residual: bool = True,
         init_logit: float | None = 4.0,
         centered: bool = False,
+        branches: str = "both",
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"app.model.fusion must be one of {FUSIONS}, got {fusion!r}")
+        if branches not in BRANCHES:
+            raise ValueError(f"app.model.branches must be one of {BRANCHES}, got {branches!r}")
         if reduction < 1:
             raise ValueError(f"app.model.reduction must be >= 1, got {reduction}")
         if temporal_kernel_size < 1 or temporal_kernel_size % 2 == 0:
             raise ValueError(
                 f"app.model.temporal_kernel_size must be odd (keeps T snippets), got {temporal_kernel_size}"
             )
-        self.fusion = fusion
+        self.fusion = fusion if branches == "both" else "sequential"
+        self.branches = branches
         self.residual = residual
         self.centered = centered
         # fused weight at zero logits: the centered gate divides by it (identity at the start)
-        self.neutral_weight = 0.25 if fusion == "parallel_mul" else 0.5
+        self.neutral_weight = 0.25 if self.fusion == "parallel_mul" else 0.5
         hidden = max(1, input_dim // reduction)
-        self.channel_mlp = nn.Sequential(
-            nn.Linear(input_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, feature_dim)
+        self.channel_mlp = (
+            nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, feature_dim))
+            if branches in ("both", "channel")
+            else None
         )
-        self.temporal_conv = nn.Sequential(
-            nn.Conv1d(input_dim, hidden, temporal_kernel_size, padding=temporal_kernel_size // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv1d(hidden, 1, kernel_size=1),
+        self.temporal_conv = (
+            nn.Sequential(
+                nn.Conv1d(input_dim, hidden, temporal_kernel_size, padding=temporal_kernel_size // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv1d(hidden, 1, kernel_size=1),
+            )
+            if branches in ("both", "temporal")
+            else None
         )
+        last_layers = [b[-1] for b in (self.channel_mlp, self.temporal_conv) if b is not None]
         if centered:
-            _near_identity_init(self.channel_mlp[-1], 0.0)
-            _near_identity_init(self.temporal_conv[-1], 0.0)
+            for layer in last_layers:
+                _near_identity_init(layer, 0.0)
         elif init_logit is not None:
             bias = -init_logit if residual else init_logit
-            if fusion == "parallel_sum":
+            if self.fusion == "parallel_sum":
                 bias = bias / 2
-            _near_identity_init(self.channel_mlp[-1], bias)
-            _near_identity_init(self.temporal_conv[-1], bias)
+            for layer in last_layers:
+                _near_identity_init(layer, bias)
 
-    def logits(self, semantics: Tensor) -> tuple[Tensor, Tensor]:
-        """Channel logits ``(B, C_f)`` and temporal logits ``(B, T)`` from ``semantics (B, C_in, T)``."""
-        return self.channel_mlp(semantics.mean(dim=2)), self.temporal_conv(semantics).squeeze(1)
+    def logits(self, semantics: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Channel logits ``(B, C_f)`` and temporal logits ``(B, T)`` from ``semantics (B, C_in, T)``
+        (``None`` for a branch that is not built)."""
+        channel = None if self.channel_mlp is None else self.channel_mlp(semantics.mean(dim=2))
+        temporal = None if self.temporal_conv is None else self.temporal_conv(semantics).squeeze(1)
+        return channel, temporal
 
     def _gate(self, features: Tensor, weights: Tensor, neutral: float = 0.5) -> Tensor:
         if self.centered:
             return features * (weights / neutral)
         return features + features * weights if self.residual else features * weights
 
-    def forward(self, semantics: Tensor, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, semantics: Tensor, features: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``R (B, C_in, T)``, ``F (B, C_f, T)`` → ``F' (B, C_f, T)``, channel weights ``(B, C_f)``,
-        temporal weights ``(B, T)`` (the sigmoid of each branch's logits, in (0, 1))."""
+        temporal weights ``(B, T)`` (the sigmoid of each branch's logits, in (0, 1); ``None`` for a
+        branch that is not built)."""
         channel_logits, temporal_logits = self.logits(semantics)
+        if channel_logits is None or temporal_logits is None:
+            if channel_logits is not None:
+                channel_weights = torch.sigmoid(channel_logits)
+                return self._gate(features, channel_weights.unsqueeze(2)), channel_weights, None
+            assert temporal_logits is not None
+            temporal_weights = torch.sigmoid(temporal_logits)
+            return self._gate(features, temporal_weights.unsqueeze(1)), None, temporal_weights
         channel_weights = torch.sigmoid(channel_logits)
         temporal_weights = torch.sigmoid(temporal_logits)
         if self.fusion == "sequential":
@@ -216,7 +242,7 @@ class BMNCSA(nn.Module):
         temporal_dim: snippets ``T`` per video (BMN's ``temporal_dim``, 100 on ActivityNet); fixed by
             BMN's sampling mask, so inputs must have exactly ``T`` snippets.
         feat_dim: input channels ``C_in`` (400 for the TSN features).
-        fusion, residual, reduction, temporal_kernel_size, init_logit, centered: CSA's options
+        fusion, residual, reduction, temporal_kernel_size, init_logit, centered, branches: CSA's options
             (``ClassSemanticsAttention``).
         se_reduction: SE's reduction ratio.
         boundary_ratio, num_samples, num_samples_per_bin: BMN's boundary-matching sampling.
@@ -238,6 +264,7 @@ class BMNCSA(nn.Module):
         temporal_kernel_size: int = 3,
         init_logit: float | None = 4.0,
         centered: bool = False,
+        branches: str = "both",
         se_reduction: int = 16,
         boundary_ratio: float = 0.5,
         num_samples: int = 32,
@@ -291,6 +318,7 @@ class BMNCSA(nn.Module):
                 residual,
                 init_logit,
                 centered,
+                branches,
             )
             if attention in ("csa", "csa_se")
             else None

@@ -14,7 +14,7 @@ import torch
 
 from apps.common.export import export_graphs
 from apps.csa import mm
-from apps.csa.model import ATTENTIONS, BMNCSA, FUSIONS, ClassSemanticsAttention, SqueezeExcitation1d
+from apps.csa.model import ATTENTIONS, BMNCSA, BRANCHES, FUSIONS, ClassSemanticsAttention, SqueezeExcitation1d
 
 ROOT = Path(__file__).resolve().parents[3]
 T, C_IN = 16, 32
@@ -180,6 +180,44 @@ def test_centered_gate_starts_at_identity_and_is_steep():
     assert grads[True] > 10 * grads[False]
     model = _model("csa", centered=True)
     assert model.csa.centered and model(_features())[0].shape == (3, 2, T, T)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_single_branch_ablations(centered):
+    generator = torch.Generator().manual_seed(4)
+    semantics, encoded = (
+        torch.randn(2, 40, 12, generator=generator),
+        torch.rand(2, 24, 12, generator=generator),
+    )
+    assert BRANCHES == ("both", "channel", "temporal")
+    for fusion in FUSIONS:  # fusion is moot with one branch
+        torch.manual_seed(0)
+        channel_only = ClassSemanticsAttention(
+            40, 24, reduction=4, fusion=fusion, centered=centered, branches="channel"
+        )
+        assert channel_only.temporal_conv is None
+        attended, channel, temporal = channel_only(semantics, encoded)
+        assert temporal is None and channel.shape == (2, 24)
+        gate = 2 * channel[:, :, None] if centered else 1 + channel[:, :, None]
+        torch.testing.assert_close(attended, encoded * gate)
+
+        torch.manual_seed(0)
+        temporal_only = ClassSemanticsAttention(
+            40, 24, reduction=4, fusion=fusion, centered=centered, branches="temporal"
+        )
+        assert temporal_only.channel_mlp is None
+        attended, channel, temporal = temporal_only(semantics, encoded)
+        assert channel is None and temporal.shape == (2, 12)
+        gate = 2 * temporal[:, None, :] if centered else 1 + temporal[:, None, :]
+        torch.testing.assert_close(attended, encoded * gate)
+    with pytest.raises(ValueError, match="app.model.branches"):
+        ClassSemanticsAttention(40, 24, branches="time")
+    # through BMN: the loss reaches the one branch, and the outputs say which branch exists
+    model = _model("csa", branches="temporal", centered=True)
+    out = model.forward_with_attention(_features())
+    assert out.channel_weights is None and out.temporal_weights.shape == (3, T)
+    model.loss(out, GT_BBOX)["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.csa.parameters())
 
 
 def test_gradients_reach_csa_and_se_through_bmn_loss():
