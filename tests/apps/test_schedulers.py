@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from apps.common.module import BaseModule
 from apps.common.schedulers import WarmupPolynomialDecay
+from tests.apps.test_common import _trainer as _plain_trainer
 
 
 def _optimizer(lr: float = 1.0) -> torch.optim.Optimizer:
@@ -86,15 +87,7 @@ def _data() -> DataLoader:
 
 
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    return _plain_trainer(default_root_dir=tmp_path, **kwargs)
 
 
 def test_base_module_steps_per_update_and_fills_in_the_trainer_step_count(tmp_path):

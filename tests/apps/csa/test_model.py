@@ -115,13 +115,15 @@ def test_proposals_equal_bmn_predict():
     assert ours and ours == theirs
 
 
+def _csa_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input features ``R (2, 40, 12)`` and encoded features ``F (2, 24, 12)`` for CSA alone."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 40, 12, generator=generator), torch.rand(2, 24, 12, generator=generator)
+
+
 @pytest.mark.parametrize("residual", [True, False])
 def test_csa_starts_near_identity_and_fusions(residual):
-    generator = torch.Generator().manual_seed(2)
-    semantics, encoded = (
-        torch.randn(2, 40, 12, generator=generator),
-        torch.rand(2, 24, 12, generator=generator),
-    )
+    semantics, encoded = _csa_inputs(2)
     for fusion in FUSIONS:
         torch.manual_seed(0)
         csa = ClassSemanticsAttention(40, 24, reduction=4, fusion=fusion, residual=residual)
@@ -147,11 +149,7 @@ def test_csa_starts_near_identity_and_fusions(residual):
 
 
 def test_centered_gate_starts_at_identity_and_is_steep():
-    generator = torch.Generator().manual_seed(3)
-    semantics, encoded = (
-        torch.randn(2, 40, 12, generator=generator),
-        torch.rand(2, 24, 12, generator=generator),
-    )
+    semantics, encoded = _csa_inputs(3)
     for fusion in FUSIONS:
         torch.manual_seed(0)
         csa = ClassSemanticsAttention(40, 24, reduction=4, fusion=fusion, centered=True)
@@ -184,32 +182,21 @@ def test_centered_gate_starts_at_identity_and_is_steep():
 
 @pytest.mark.parametrize("centered", [False, True])
 def test_single_branch_ablations(centered):
-    generator = torch.Generator().manual_seed(4)
-    semantics, encoded = (
-        torch.randn(2, 40, 12, generator=generator),
-        torch.rand(2, 24, 12, generator=generator),
-    )
+    semantics, encoded = _csa_inputs(4)
     assert BRANCHES == ("both", "channel", "temporal")
     for fusion in FUSIONS:  # fusion is moot with one branch
-        torch.manual_seed(0)
-        channel_only = ClassSemanticsAttention(
-            40, 24, reduction=4, fusion=fusion, centered=centered, branches="channel"
-        )
-        assert channel_only.temporal_conv is None
-        attended, channel, temporal = channel_only(semantics, encoded)
-        assert temporal is None and channel.shape == (2, 24)
-        gate = 2 * channel[:, :, None] if centered else 1 + channel[:, :, None]
-        torch.testing.assert_close(attended, encoded * gate)
-
-        torch.manual_seed(0)
-        temporal_only = ClassSemanticsAttention(
-            40, 24, reduction=4, fusion=fusion, centered=centered, branches="temporal"
-        )
-        assert temporal_only.channel_mlp is None
-        attended, channel, temporal = temporal_only(semantics, encoded)
-        assert channel is None and temporal.shape == (2, 12)
-        gate = 2 * temporal[:, None, :] if centered else 1 + temporal[:, None, :]
-        torch.testing.assert_close(attended, encoded * gate)
+        for branch, axis in (("channel", 2), ("temporal", 1)):
+            torch.manual_seed(0)
+            csa = ClassSemanticsAttention(
+                40, 24, reduction=4, fusion=fusion, centered=centered, branches=branch
+            )
+            assert (csa.temporal_conv if branch == "channel" else csa.channel_mlp) is None
+            attended, channel, temporal = csa(semantics, encoded)
+            kept, dropped = (channel, temporal) if branch == "channel" else (temporal, channel)
+            assert dropped is None and kept.shape == ((2, 24) if branch == "channel" else (2, 12))
+            weights = kept.unsqueeze(axis)
+            gate = 2 * weights if centered else 1 + weights
+            torch.testing.assert_close(attended, encoded * gate)
     with pytest.raises(ValueError, match="app.model.branches"):
         ClassSemanticsAttention(40, 24, branches="time")
     # through BMN: the loss reaches the one branch, and the outputs say which branch exists
