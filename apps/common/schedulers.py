@@ -2,9 +2,9 @@
 
 `WarmupPolynomialDecay` is the schedule of HuBERT's and wav2vec 2.0's pretraining recipes (fairseq's
 ``polynomial_decay``): the learning rate rises linearly from 0 to the optimiser's ``lr`` over
-``warmup_steps`` updates (or the first ``warmup_fraction`` of them), then falls as ``(1 − r)^power`` to ``end_ratio · lr`` at ``total_steps``
-(``r`` the fraction of the decay phase done; HuBERT Base: 32 k warm-up of 400 k updates, power 1,
-end 0) and stays there. Let ``total_steps`` be ``None`` and `BaseModule` fills in the trainer's
+``warmup_steps`` updates (or the first ``warmup_fraction`` of them), then falls as ``(1 − r)^power``
+to ``end_ratio · lr`` at ``total_steps`` (``r`` the fraction of the decay phase done; HuBERT Base:
+32 k warm-up of 400 k updates, power 1, end 0) and stays there. Let ``total_steps`` be ``None`` and `BaseModule` fills in the trainer's
 number of optimiser steps (``Trainer.estimated_stepping_batches``), so the same config follows
 ``max_epochs`` / ``max_steps``.
 

@@ -181,18 +181,14 @@ class ClassSemanticsAttention(nn.Module):
         temporal weights ``(B, T)`` (the sigmoid of each branch's logits, in (0, 1); ``None`` for a
         branch that is not built)."""
         channel_logits, temporal_logits = self.logits(semantics)
-        if channel_logits is None or temporal_logits is None:
-            if channel_logits is not None:
-                channel_weights = torch.sigmoid(channel_logits)
-                return self._gate(features, channel_weights.unsqueeze(2)), channel_weights, None
-            assert temporal_logits is not None
-            temporal_weights = torch.sigmoid(temporal_logits)
-            return self._gate(features, temporal_weights.unsqueeze(1)), None, temporal_weights
-        channel_weights = torch.sigmoid(channel_logits)
-        temporal_weights = torch.sigmoid(temporal_logits)
-        if self.fusion == "sequential":
-            attended = self._gate(features, channel_weights.unsqueeze(2))
-            attended = self._gate(attended, temporal_weights.unsqueeze(1))
+        channel_weights = None if channel_logits is None else torch.sigmoid(channel_logits)
+        temporal_weights = None if temporal_logits is None else torch.sigmoid(temporal_logits)
+        if self.fusion == "sequential":  # also the one-branch case: only that gate is applied
+            attended = features
+            if channel_weights is not None:
+                attended = self._gate(attended, channel_weights.unsqueeze(2))
+            if temporal_weights is not None:
+                attended = self._gate(attended, temporal_weights.unsqueeze(1))
         elif self.fusion == "parallel_mul":
             fused = channel_weights.unsqueeze(2) * temporal_weights.unsqueeze(1)
             attended = self._gate(features, fused, self.neutral_weight)
