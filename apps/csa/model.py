@@ -48,6 +48,10 @@ standard initialisation. In ``csa_se`` SE runs first and CSA second: SE's weight
 from the encoded features ``F`` exactly as in the ``se`` ablation, and CSA's scores (the ones
 plotted) act on what the heads finally see.
 
+``csa_heads`` (ours, an ablation) chooses which of BMN's heads see CSA's output: ``all`` (default),
+only the ``boundary`` heads (start / end) or only the ``proposal`` head (confidence map); the others
+see ``F`` as it was before CSA.
+
 ``BMNCSA`` owns an mmaction2 ``BMN`` (built through its public constructor) and runs BMN's own
 sub-modules in BMN's order with the attention inserted; its targets and loss are mmaction2's
 (``BMN.generate_labels`` and ``BMNLoss``), and proposals are decoded with BMN's candidate rule and
@@ -79,6 +83,7 @@ def _drop_sample_mask(module: nn.Module, state_dict: dict[str, Any], prefix: str
 
 FUSIONS = ("sequential", "parallel_sum", "parallel_mul")
 BRANCHES = ("both", "channel", "temporal")
+HEADS = ("all", "boundary", "proposal")
 LAST_LAYER_WEIGHT_SCALE = 0.1
 
 
@@ -240,6 +245,10 @@ class BMNCSA(nn.Module):
         feat_dim: input channels ``C_in`` (400 for the TSN features).
         fusion, residual, reduction, temporal_kernel_size, init_logit, centered, branches: CSA's options
             (``ClassSemanticsAttention``).
+        csa_heads: which of BMN's heads see CSA's re-weighted features: ``all`` (default), only the
+            ``boundary`` heads (temporal evaluation: start and end) or only the ``proposal`` head
+            (proposal evaluation: boundary-matching confidence map); the others get the features
+            before CSA (after SE in ``csa_se``). Ours, an ablation; moot without CSA.
         se_reduction: SE's reduction ratio.
         boundary_ratio, num_samples, num_samples_per_bin: BMN's boundary-matching sampling.
         soft_nms_alpha, soft_nms_low_threshold, soft_nms_high_threshold, post_process_top_k,
@@ -261,6 +270,7 @@ class BMNCSA(nn.Module):
         init_logit: float | None = 4.0,
         centered: bool = False,
         branches: str = "both",
+        csa_heads: str = "all",
         se_reduction: int = 16,
         boundary_ratio: float = 0.5,
         num_samples: int = 32,
@@ -284,7 +294,10 @@ class BMNCSA(nn.Module):
                 )
         if temporal_dim < 3:
             raise ValueError(f"app.model.temporal_dim must be >= 3, got {temporal_dim}")
+        if csa_heads not in HEADS:
+            raise ValueError(f"app.model.csa_heads must be one of {HEADS}, got {csa_heads!r}")
         self.attention = attention
+        self.csa_heads = csa_heads
         self.temporal_dim = temporal_dim
         self.feat_dim = feat_dim
         self.bmn = mm.bmn_class()(
@@ -351,18 +364,24 @@ class BMNCSA(nn.Module):
         """``features (B, C_in, T)`` → maps ``(B, 2, D, T)``, ``(B, T)``, ``(B, T)`` and the attention terms.
 
         BMN's order: base module → (SE, CSA) → start head, end head, proposal 1-D convs →
-        boundary-matching layer ``(B, C_f, N, D, T)`` → 3-D conv → 2-D convs.
+        boundary-matching layer ``(B, C_f, N, D, T)`` → 3-D conv → 2-D convs. With ``csa_heads``
+        other than ``all``, the heads it does not name get the features before CSA.
         """
         self._check_features(features)
         encoded = self.bmn.x_1d_b(features)
         channel_weights = temporal_weights = se_weights = None
         if self.se is not None:
             encoded, se_weights = self.se(encoded)
+        boundary_input = proposal_input = encoded
         if self.csa is not None:
-            encoded, channel_weights, temporal_weights = self.csa(features, encoded)
-        start = self.bmn.x_1d_s(encoded).squeeze(1)
-        end = self.bmn.x_1d_e(encoded).squeeze(1)
-        sampled = self.bmn._boundary_matching_layer(self.bmn.x_1d_p(encoded))
+            gated, channel_weights, temporal_weights = self.csa(features, encoded)
+            if self.csa_heads != "proposal":
+                boundary_input = gated
+            if self.csa_heads != "boundary":
+                proposal_input = gated
+        start = self.bmn.x_1d_s(boundary_input).squeeze(1)
+        end = self.bmn.x_1d_e(boundary_input).squeeze(1)
+        sampled = self.bmn._boundary_matching_layer(self.bmn.x_1d_p(proposal_input))
         confidence_map = self.bmn.x_2d_p(self.bmn.x_3d_p(sampled).squeeze(2))
         return BMNCSAOutput(confidence_map, start, end, channel_weights, temporal_weights, se_weights)
 

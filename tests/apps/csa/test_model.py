@@ -14,7 +14,15 @@ import torch
 
 from apps.common.export import export_graphs
 from apps.csa import mm
-from apps.csa.model import ATTENTIONS, BMNCSA, BRANCHES, FUSIONS, ClassSemanticsAttention, SqueezeExcitation1d
+from apps.csa.model import (
+    ATTENTIONS,
+    BMNCSA,
+    BRANCHES,
+    FUSIONS,
+    HEADS,
+    ClassSemanticsAttention,
+    SqueezeExcitation1d,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 T, C_IN = 16, 32
@@ -205,6 +213,44 @@ def test_single_branch_ablations(centered):
     assert out.channel_weights is None and out.temporal_weights.shape == (3, T)
     model.loss(out, GT_BBOX)["loss"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.csa.parameters())
+
+
+@pytest.mark.parametrize("attention", ["csa", "csa_se"])
+def test_csa_heads_feed_csa_output_to_the_named_heads_only(attention):
+    """``csa_heads=boundary`` gives the start/end heads CSA's output and the proposal head the features
+    before CSA; ``proposal`` the reverse. With equal weights each output matches the ``all`` model
+    (where the heads see CSA) or the model with CSA replaced by the identity (where they do not)."""
+    assert HEADS == ("all", "boundary", "proposal")
+    features = _features()
+    full = _model(attention, centered=True).eval()
+    with torch.no_grad():  # CSA away from the identity, so the two paths differ
+        for parameter in full.csa.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    bypass = _model(attention, centered=True).eval()
+    bypass.load_state_dict(full.state_dict())
+    bypass.csa.forward = lambda semantics, encoded: (encoded, None, None)
+    with torch.no_grad():
+        gated, plain = full(features), bypass(features)
+    assert not torch.allclose(gated[0], plain[0]) and not torch.allclose(gated[1], plain[1])
+    for heads, (map_source, boundary_source) in {
+        "boundary": (plain, gated),
+        "proposal": (gated, plain),
+    }.items():
+        model = _model(attention, centered=True, csa_heads=heads).eval()
+        model.load_state_dict(full.state_dict())
+        with torch.no_grad():
+            out = model.forward_with_attention(features)
+        torch.testing.assert_close(out.confidence_map, map_source[0], rtol=0, atol=0)
+        torch.testing.assert_close(out.start, boundary_source[1], rtol=0, atol=0)
+        torch.testing.assert_close(out.end, boundary_source[2], rtol=0, atol=0)
+        assert out.temporal_weights is not None  # CSA still runs and is reported
+    # the loss still reaches CSA through the heads that see it
+    model = _model(attention, centered=True, csa_heads="boundary")
+    torch.manual_seed(5)
+    model.loss(model(features), GT_BBOX)["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.csa.parameters())
+    with pytest.raises(ValueError, match="app.model.csa_heads"):
+        _model(attention, csa_heads="tem")
 
 
 def test_gradients_reach_csa_and_se_through_bmn_loss():
