@@ -23,7 +23,13 @@ is ours (``ClassSemanticsAttention``; ``σ`` the logistic sigmoid):
 - fusion:
   ``sequential`` (default) — channel then time, ``F' = g(g(F, σ(a_c)), σ(a_t))``;
   ``parallel_mul`` — ``F' = g(F, σ(a_c) ⊗ σ(a_t))`` (outer product over ``C_f × T``);
-  ``parallel_sum`` — ``F' = g(F, σ(a_c ⊕ a_t))`` (logits summed with broadcasting, as in BAM).
+  ``parallel_sum`` — ``F' = g(F, σ(a_c ⊕ a_t))`` (logits summed with broadcasting, as in BAM);
+  ``parallel_outputs`` — ``F' = ½ (g(F, σ(a_c)) + g(F, σ(a_t)))``: each branch's attention applied to
+  ``F`` on its own, then the two attention-applied outputs fused by their mean. This is the closest
+  reading of the paper's Figure 1 ("applies attention on F both along the channel and the temporal
+  axis, and then fuses the two attention-applied outputs"); the fusion operator is our choice. With
+  ``centered`` it is ``F ⊙ (σ(a_c) + σ(a_t))``: one branch can raise a moment or channel the other
+  leaves alone, but neither can silence it alone (each contributes at most half the gain).
   Without the residual, ``sequential`` and ``parallel_mul`` coincide (products commute); with it
   they differ: ``F (1 + σ(a_c))(1 + σ(a_t))`` versus ``F (1 + σ(a_c) σ(a_t))``;
 - near-identity start: the last layer of each branch has its weights scaled by 0.1 and its bias set
@@ -81,7 +87,7 @@ def _drop_sample_mask(module: nn.Module, state_dict: dict[str, Any], prefix: str
     state_dict.pop(prefix + SAMPLE_MASK, None)
 
 
-FUSIONS = ("sequential", "parallel_sum", "parallel_mul")
+FUSIONS = ("sequential", "parallel_sum", "parallel_mul", "parallel_outputs")
 BRANCHES = ("both", "channel", "temporal")
 HEADS = ("all", "boundary", "proposal")
 LAST_LAYER_WEIGHT_SCALE = 0.1
@@ -103,7 +109,7 @@ class ClassSemanticsAttention(nn.Module):
         feature_dim: channels ``C_f`` of the encoded features ``F``.
         reduction: hidden width of both branches is ``max(1, C_in // reduction)``.
         temporal_kernel_size: odd kernel of the temporal branch's convolution over snippets.
-        fusion: ``sequential`` (default), ``parallel_sum`` or ``parallel_mul``.
+        fusion: ``sequential`` (default), ``parallel_sum``, ``parallel_mul`` or ``parallel_outputs``.
         residual: ``F + F ⊙ w`` (default) instead of ``F ⊙ w``.
         init_logit: magnitude of the last layers' initial bias (near-identity start); None keeps the
             default initialisation.
@@ -197,6 +203,10 @@ class ClassSemanticsAttention(nn.Module):
         elif self.fusion == "parallel_mul":
             fused = channel_weights.unsqueeze(2) * temporal_weights.unsqueeze(1)
             attended = self._gate(features, fused, self.neutral_weight)
+        elif self.fusion == "parallel_outputs":
+            channel_applied = self._gate(features, channel_weights.unsqueeze(2))
+            temporal_applied = self._gate(features, temporal_weights.unsqueeze(1))
+            attended = 0.5 * (channel_applied + temporal_applied)
         else:
             fused = torch.sigmoid(channel_logits.unsqueeze(2) + temporal_logits.unsqueeze(1))
             attended = self._gate(features, fused)

@@ -148,6 +148,8 @@ def test_csa_starts_near_identity_and_fusions(residual):
             ("parallel_mul", False): c * t,
             ("parallel_sum", True): 1 + fused,
             ("parallel_sum", False): fused,
+            ("parallel_outputs", True): 1 + (c + t) / 2,  # mean of (1 + c) and (1 + t)
+            ("parallel_outputs", False): (c + t) / 2,
         }[fusion, residual]
         torch.testing.assert_close(attended, encoded * gate)
     far = ClassSemanticsAttention(40, 24, reduction=4, init_logit=None)
@@ -170,6 +172,7 @@ def test_centered_gate_starts_at_identity_and_is_steep():
             "sequential": (2 * c) * (2 * t),
             "parallel_mul": 4 * c * t,
             "parallel_sum": 2 * torch.sigmoid(a_c[:, :, None] + a_t[:, None, :]),
+            "parallel_outputs": c + t,  # mean of 2c and 2t: in (0, 2)
         }[fusion]
         torch.testing.assert_close(attended, encoded * gate)
         with torch.no_grad():  # zero logits: the exact identity
