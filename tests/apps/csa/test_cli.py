@@ -66,20 +66,31 @@ def test_eval_and_export_entries(smoke_run, cli):
     assert "test/AUC" in printed and "test/avg_mAP_anet" in printed
 
 
-@pytest.mark.parametrize("attention", ["none", "se", "csa_se"])
-def test_ablation_configs_compose_and_build(attention):
+@pytest.mark.parametrize(
+    ("experiment", "attention", "branches"),
+    [
+        ("csa_bmn", "none", None),
+        ("csa_se", "se", None),
+        ("csa_csa_se", "csa_se", "both"),
+        ("csa_se_temporal", "csa_se", "temporal"),  # also centered, no decay on the attention
+    ],
+)
+def test_ablation_configs_compose_and_build(experiment, attention, branches):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from apps.common.config import register_resolvers
 
     register_resolvers()
-    name = {"none": "csa_bmn", "se": "csa_se", "csa_se": "csa_csa_se"}[attention]
     conf = Path(__file__).resolve().parents[3] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"experiment={name}", *TINY])
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}", *TINY])
     model = instantiate(cfg.app.model)
     assert model.attention == attention
+    assert (model.csa.branches if model.csa is not None else None) == branches
+    if experiment == "csa_se_temporal":
+        assert model.csa.centered and model.csa.channel_mlp is None
+        assert cfg.app.module.attention_weight_decay == 0
 
 
 def test_attention_parameter_group_lr_and_weight_decay():
