@@ -26,8 +26,8 @@ is ours (``ClassSemanticsAttention``; ``σ`` the logistic sigmoid):
   ``parallel_sum`` — ``F' = g(F, σ(a_c ⊕ a_t))`` (logits summed with broadcasting, as in BAM);
   ``parallel_outputs`` — ``F' = ½ (g(F, σ(a_c)) + g(F, σ(a_t)))``: each branch's attention applied to
   ``F`` on its own, then the two attention-applied outputs fused by their mean. This is the closest
-  reading of the paper's Figure 1 ("applies attention on F both along the channel and the temporal
-  axis, and then fuses the two attention-applied outputs"); the fusion operator is our choice. With
+  reading of the paper's Figure 1 as publicly summarised (attention applied to ``F`` along channels
+  and, separately, along time, then the two re-weighted outputs fused); the fusing operator is ours. With
   ``centered`` it is ``F ⊙ (σ(a_c) + σ(a_t))``: one branch can raise a moment or channel the other
   leaves alone, but neither can silence it alone (each contributes at most half the gain).
   Without the residual, ``sequential`` and ``parallel_mul`` coincide (products commute); with it
