@@ -92,6 +92,7 @@ def crop_and_resize(images: Tensor, boxes: Tensor, size: int) -> Tensor:
 
 
 class _ImageEncoder(nn.Module):
+    model: Any
     size: int
     mean: Tensor
     std: Tensor
@@ -100,7 +101,8 @@ class _ImageEncoder(nn.Module):
         if boxes is None:
             boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=images.device).expand(images.shape[0], 4)
         crops = crop_and_resize(images, boxes, self.size).clamp(0, 1)
-        return (crops - self.mean.to(crops.device)) / self.std.to(crops.device)
+        pixels = (crops - self.mean.to(crops.device)) / self.std.to(crops.device)
+        return pixels.to(self.model.device)
 
 
 class ClipScorer(_ImageEncoder):
@@ -126,6 +128,7 @@ class ClipScorer(_ImageEncoder):
     @torch.no_grad()
     def texts(self, texts: list[str]) -> Tensor:
         tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        tokens = {k: v.to(self.model.device) for k, v in tokens.items()}
         out = self.model.get_text_features(**tokens)
         features = out if isinstance(out, Tensor) else out.pooler_output
         return F.normalize(features.float(), dim=-1)

@@ -50,6 +50,14 @@ class TinyBackend:
         self.latent_shape = (3, model.image_size, model.image_size)
         self.null_tokens: Tensor | None = None
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
     def scheduler(self) -> Any:
         return self.model.sample_scheduler()
 
@@ -66,7 +74,13 @@ class TinyBackend:
 
 
 class DiffusersBackend:
-    """A local Stable Diffusion (1.x/2.x) or SDXL pipeline in diffusers format; prompts are strings."""
+    """A local Stable Diffusion (1.x/2.x) or SDXL pipeline in diffusers format; prompts are strings.
+
+    The pipeline's own scheduler configuration is sampled with DDIM (its betas, spacing and
+    prediction type), and the unconditional input is built as the diffusers pipeline builds it, so
+    the vanilla pass equals `pipe(prompt, latents=..., guidance_scale=...)` with a DDIM scheduler.
+    Noise is drawn on the CPU (the same images on any device) and moved to the UNet's device and dtype.
+    """
 
     def __init__(self, pipe: Any, height: int | None = None, width: int | None = None) -> None:
         self.pipe = pipe
@@ -77,6 +91,14 @@ class DiffusersBackend:
         width = width or pipe.unet.config.sample_size * factor
         self.image_size = (height, width)
         self.latent_shape = (pipe.unet.config.in_channels, height // factor, width // factor)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
 
     def scheduler(self) -> Any:
         from diffusers import DDIMScheduler
@@ -98,26 +120,56 @@ class DiffusersBackend:
         return embeds, {"text_embeds": pooled, "time_ids": time_ids}
 
     def encode_null(self, n: int) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.encode([""] * n)
+        """The unconditional input of classifier-free guidance, as the diffusers pipeline builds it:
+        the empty prompt's embeddings, or zeros for SDXL folders with `force_zeros_for_empty_prompt`."""
+        embeds, extra = self.encode([""] * n)
+        if self.xl and self.pipe.config.get("force_zeros_for_empty_prompt", False):
+            embeds = torch.zeros_like(embeds)
+            extra = {**extra, "text_embeds": torch.zeros_like(extra["text_embeds"])}
+        return embeds, extra
 
     def decode(self, latents: Tensor) -> Tensor:
         vae = self.pipe.vae
-        images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        dtype = vae.dtype
+        # SDXL's VAE overflows in float16: decode in float32 when its config asks for it, as diffusers does
+        upcast = dtype == torch.float16 and vae.config.get("force_upcast", False)
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            latents = latents.to(torch.float32 if upcast else dtype) / vae.config.scaling_factor
+            images = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(dtype)
         return ((images.clamp(-1, 1) + 1) / 2).float()
 
     def token_positions(self, prompt: str, word: str) -> list[int]:
-        """Positions of `word`'s tokens inside the tokenised `prompt` (raises if absent)."""
+        """Positions of `word`'s tokens inside the tokenised `prompt`, as the text encoder sees it
+        (truncated to the tokenizer's length); raises if the word is absent or cut off."""
         tokenizer = self.pipe.tokenizer
+        limit = tokenizer.model_max_length
         ids = tokenizer(prompt).input_ids
         word_ids = tokenizer(word, add_special_tokens=False).input_ids
+        if not word_ids:
+            raise ValueError(f"subject word {word!r} gives no tokens")
         for start in range(len(ids) - len(word_ids) + 1):
             if ids[start : start + len(word_ids)] == word_ids:
+                if start + len(word_ids) > limit - 1:  # the last kept position is the end token
+                    raise ValueError(
+                        f"subject word {word!r} lies beyond the text encoder's {limit} tokens in "
+                        f"prompt {prompt!r} (the prompt is truncated there): shorten the prompt"
+                    )
                 return list(range(start, start + len(word_ids)))
         raise ValueError(f"subject word {word!r} does not occur in prompt {prompt!r}")
 
 
-def load_diffusers_backend(path: str | Path | None, **kwargs: Any) -> DiffusersBackend:
-    """Load a local SD / SDXL folder (no download); clear error when there is none."""
+def load_diffusers_backend(
+    path: str | Path | None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> DiffusersBackend:
+    """Load a local SD / SDXL folder (no download) onto `device` in `dtype`; clear error when there is none."""
     if not path:
         raise FileNotFoundError(
             "IR-Diffusion with Stable Diffusion needs a local diffusers folder: pass its path "
@@ -131,7 +183,17 @@ def load_diffusers_backend(path: str | Path | None, **kwargs: Any) -> DiffusersB
         )
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+    pipe = DiffusionPipeline.from_pretrained(
+        str(path), local_files_only=True, **({"dtype": dtype} if dtype is not None else {})
+    )
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "vae") or not hasattr(pipe, "encode_prompt"):
+        raise ValueError(
+            f"{path}: holds a {type(pipe).__name__}, expected a StableDiffusionPipeline or "
+            "StableDiffusionXLPipeline (a UNet, a VAE and text encoders)"
+        )
+    if device is not None:
+        pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
     return DiffusersBackend(pipe, **kwargs)
 
 
@@ -364,6 +426,9 @@ class IRDiffusionPipeline:
                 for i in range(s)
             ]
         )
+        device, dtype = backend.device, backend.dtype
+        noise_target, noise_refs = noise_target.to(device, dtype), noise_refs.to(device, dtype)
+        target_positions, ref_positions = target_positions.to(device), ref_positions.to(device)
         # 1. references
         self.state.reset()
         self.state.latent_hw = (lh, lw)
@@ -413,7 +478,7 @@ class IRDiffusionPipeline:
         g = s + 1
         group_cond = self._grouped(ref_cond, cond, p, s)
         group_uncond = self._grouped(ref_uncond, uncond, p, s)
-        slots = torch.zeros(p * g, dtype=torch.bool)
+        slots = torch.zeros(p * g, dtype=torch.bool, device=device)
         slots.view(p, g)[:, :s] = True
         init = self._group_latents(noise_refs.view(p, s, c, lh, lw), noise_target, p)
         replay = self._replay(ref_trajectory, ref_latents, noise_refs, noise_target, p, s)
@@ -464,6 +529,7 @@ class IRDiffusionPipeline:
         """Seconds of one final pass over the same `[refs, target]` batch with the processors inactive."""
         c, lh, lw = self.backend.latent_shape
         noise = torch.randn(p * (s + 1), c, lh, lw, generator=torch.Generator().manual_seed(seed))
+        noise = noise.to(self.backend.device, self.backend.dtype)
         cond = self._grouped(self.backend.encode(ref_prompts), self.backend.encode(target_prompts), p, s)
         uncond = self._grouped(self.backend.encode_null(p * s), self.backend.encode_null(p), p, s)
         self.state.reset()
