@@ -339,6 +339,10 @@ class GeneratorConfig:
     intensifier_prob: float = 0.25
     prenominal_prob: float = 0.25
     filler_prob: float = 0.25
+    context_sentences: int = 0
+    """Extra sentences around each aspect sentence, making a short review (0: single sentences, the
+    default dataset): each is an opinion about a non-aspect (either polarity) or a neutral remark,
+    placed before or after the aspect sentence with equal probability; labels are unchanged."""
 
     def __post_init__(self) -> None:
         if self.n_train < 1 or self.n_test < 1:
@@ -361,6 +365,10 @@ class GeneratorConfig:
             raise ValueError("GeneratorConfig.contrast_prob + pair_prob must be below 1")
         if not 1 <= self.frequent_size < min(len(POSITIVE_WORDS), len(NEGATIVE_WORDS)) // 4:
             raise ValueError(f"GeneratorConfig.frequent_size out of range: {self.frequent_size}")
+        if not 0 <= int(self.context_sentences) == self.context_sentences:
+            raise ValueError(
+                f"GeneratorConfig.context_sentences must be an integer >= 0, got {self.context_sentences}"
+            )
         if self.single_neutral_prob > 1.0:
             raise ValueError(
                 f"neutral_share={self.neutral_share} is unreachable with contrast_prob={self.contrast_prob} "
@@ -476,6 +484,7 @@ class _SplitGenerator:
         """Per generated example: its clause pairs the opinion word with a frequent one."""
         self.examples_by_rare_draw = 0
         self.distractor_sentences = 0
+        self.context_opinions = 0
         self.hypothetical_clauses = 0
 
     def uniform(self) -> float:
@@ -588,6 +597,25 @@ class _SplitGenerator:
         self.distractor_sentences += 1
         return [*clause, ",", "but" if contrast else "and"]
 
+    def with_context(self, domain: str, tokens: list[str]) -> tuple[list[str], int]:
+        """`tokens` with `context_sentences` sentences before or after it, and how far it moved."""
+        before: list[str] = []
+        after: list[str] = []
+        for _ in range(self.config.context_sentences):
+            if self.chance(0.5):
+                polarity = "positive" if self.chance(0.5) else "negative"
+                word = self.tables[(domain, polarity, "all")].draw(self.uniform()).word
+                extra = self.pick(DISTRACTOR_CLAUSES[domain]).replace("{OP}", word).split()
+                self.context_opinions += 1
+            else:
+                extra = self.pick(PREFIX_FILLERS[domain]).split()
+            extra.append(".")
+            if self.chance(0.5):
+                before = extra + before
+            else:
+                after.extend(extra)
+        return before + tokens + after, len(before)
+
     def sentence(self, sentence_id: str, max_aspects: int) -> list[AspectExample]:
         """One sentence with one or two aspect examples."""
         config = self.config
@@ -627,6 +655,9 @@ class _SplitGenerator:
         if self.chance(config.filler_prob / 2):
             tokens.extend([","] + self.pick(SUFFIX_FILLERS).split())
         tokens.append("!" if self.chance(0.1) else ".")
+        if config.context_sentences:
+            tokens, shift = self.with_context(domain, tokens)
+            records = [(lo + shift, hi + shift, *rest) for lo, hi, *rest in records]
 
         starts = [0]
         for token in tokens:
@@ -690,6 +721,7 @@ def _split_stats(
         "rare_opinion_shadowed_share": round(sum(rare) / max(1, len(rare)), 4),
         "rare_draw_examples": gen.examples_by_rare_draw,
         "distractor_sentences": gen.distractor_sentences,
+        "context_opinions": gen.context_opinions,
         "hypothetical_clauses": gen.hypothetical_clauses,
     }
 

@@ -257,6 +257,24 @@ def test_aspects_carry_neutral_modifiers_outside_their_span(default_data):
     assert not any(word in modifiers for e in train for word in e.term.split())
 
 
+def test_context_sentences_make_reviews_with_the_same_labels():
+    train, test, metadata = generate(GeneratorConfig(n_train=300, n_test=120, seed=3, context_sentences=3))
+    plain_train = generate(SMALL)[0]
+    for e in train + test:
+        tokens = e.text.split()
+        assert e.text[e.start : e.end] == e.term
+        assert sum(token in {".", "!"} for token in tokens) == 4  # 3 context sentences + the aspect one
+        assert tokens[-1] in {".", "!"}
+    lengths = [len(e.text.split()) for e in train]
+    assert sum(lengths) / len(lengths) > sum(len(e.text.split()) for e in plain_train) / len(plain_train) + 15
+    assert max(lengths) <= 80  # the app's max_length
+    assert all(0.25 < n / len(train) < 0.42 for n in Counter(e.polarity for e in train).values())
+    assert metadata["counts"]["train"]["context_opinions"] > 0
+    assert metadata["counts"]["train"]["examples"] == 300
+    with pytest.raises(ValueError, match="context_sentences"):
+        GeneratorConfig(context_sentences=-1)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="negation_prob"):
         GeneratorConfig(negation_prob=1.5)

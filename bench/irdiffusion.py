@@ -1,0 +1,215 @@
+"""IR-Diffusion benchmark: cost of the attention processors at Stable Diffusion resolutions.
+
+The issue's target is a generation overhead of the processors below 1.5x the vanilla pass at the
+same resolution. The app's evaluation measures it with its 32 x 32 pixel base model, where attention
+is a small part of the UNet. Here one UNet forward of the final pass's batch (`[ref_1 .. ref_S,
+target]` per scene, doubled for classifier-free guidance) is timed with the processors installed but
+inactive (`plain`: the same batch, ordinary attention) and with each IR variant active, on:
+
+- ``base``: the app's base model UNet (`conf/app/irdiffusion.yaml`, 32 x 32 pixels, no latents);
+- ``sd15_w<k>``: a UNet with Stable Diffusion 1.5's layout (three cross-attention down blocks, a
+  plain one, the cross-attention mid block, the mirrored up blocks, 768-wide text states, 8 heads)
+  with every channel width divided by ``k`` (``--width-divisor``, default 4; 1 is SD 1.5 itself,
+  860 M parameters), at 32 x 32 and 64 x 64 latents (256 and 512 pixels).
+
+Weights are random (timing does not depend on them). The layout is two subjects side by side:
+reference masks are centred discs, target regions the left and right halves' central boxes. IR is
+applied at every attention layer (`all`) or only at the low-resolution ones the SD command uses by
+default (`low`: `up_blocks.0`, `up_blocks.1`, `mid_block`). Variants are interleaved over
+``--repeats`` rounds so that a shared machine's load hits all of them alike; the ratio of each
+variant to `plain` uses the best round's medians.
+
+``python -m bench.irdiffusion --out bench/results`` (``make bench APP=irdiffusion``) writes
+``irdiffusion_<device>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from apps.irdiffusion.processors import IRSettings, install
+from bench.common import machine, sync
+
+log = logging.getLogger("bench.irdiffusion")
+
+VARIANTS = ("plain", "mutual", "isolation", "reposition", "both")
+LOW_RES_LAYERS = ("up_blocks.0", "up_blocks.1", "mid_block")
+
+
+def sd15_unet(width_divisor: int, sample_size: int) -> Any:
+    """A UNet with SD 1.5's block layout, channel widths divided by `width_divisor`."""
+    from diffusers import UNet2DConditionModel
+
+    widths = tuple(max(8, c // width_divisor) for c in (320, 640, 1280, 1280))
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=widths,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,  # SD 1.5's config: 8 heads
+        norm_num_groups=next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in widths)),
+    )
+
+
+def base_unet() -> Any:
+    """The app's default base model UNet (random weights)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["app=irdiffusion"])
+    model_cfg = dict(cfg.app.model)
+    model_cfg.update({"vocab_size": 16, "max_length": 11, "num_identities": 36, "num_patterns": 4})
+    return instantiate(model_cfg).unet
+
+
+def layout(p: int, s: int, size: int) -> dict[str, torch.Tensor]:
+    """Two (or more) subjects side by side: reference discs and target boxes in equal columns."""
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    disc = (((xs - 0.5) ** 2 + (ys - 0.5) ** 2) <= 0.3**2).float()
+    ref_masks = disc.expand(p, s, size, size).clone()
+    ref_boxes = torch.tensor([0.2, 0.2, 0.8, 0.8]).expand(p, s, 4).clone()
+    target_boxes = torch.stack(
+        [torch.tensor([i / s + 0.05, 0.25, (i + 1) / s - 0.05, 0.75]) for i in range(s)]
+    ).expand(p, s, 4)
+    labels = torch.zeros(p, size, size, dtype=torch.long)
+    for i in range(s):
+        x0, y0, x1, y1 = (target_boxes[0, i] * size).round().long().tolist()
+        labels[:, y0:y1, x0:x1] = i + 1
+    return {
+        "ref_masks": ref_masks,
+        "ref_boxes": ref_boxes,
+        "target_labels": labels,
+        "target_boxes": target_boxes.clone(),
+    }
+
+
+def run_case(
+    unet: Any,
+    channels: int,
+    size: int,
+    context_dim: int,
+    subjects: int,
+    layers: str | tuple[str, ...],
+    repeats: int,
+    steps: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Median forward time of the final pass's batch for `plain` and each IR variant."""
+    state = install(unet, layers=layers if layers == "all" else list(layers))
+    enabled = sum(p.enabled for p in unet.attn_processors.values())
+    p = 1
+    batch = 2 * p * (subjects + 1)  # classifier-free guidance doubles the [refs, target] groups
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, size, size, generator=gen).to(device)
+    context = torch.randn(batch, 77 if context_dim == 768 else 11, context_dim, generator=gen).to(device)
+    t = torch.tensor(500, device=device)
+    plan = layout(2 * p, subjects, size)  # the CFG halves are separate groups with the same layout
+    plan = {k: v.to(device) for k, v in plan.items()}
+
+    def forward(variant: str) -> None:
+        state.reset()
+        state.latent_hw = (size, size)
+        if variant != "plain":
+            state.configure(IRSettings.variant(variant, cross_blend=0.3), **plan)
+        with torch.no_grad():
+            unet(x, t, context, return_dict=False)
+
+    rounds: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for variant in VARIANTS:  # warm-up (and masks built once per call, as per generation)
+        forward(variant)
+    for _ in range(repeats):
+        for variant in VARIANTS:
+            samples = []
+            for _ in range(steps):
+                sync(device)
+                start = time.perf_counter()
+                forward(variant)
+                sync(device)
+                samples.append(time.perf_counter() - start)
+            rounds[variant].append(statistics.median(samples))
+    best = {v: min(r) for v, r in rounds.items()}
+    return {
+        "size": size,
+        "tokens_at_full_resolution": size * size,
+        "subjects": subjects,
+        "batch": batch,
+        "ir_layers": layers if layers == "all" else list(layers),
+        "ir_layers_enabled": enabled,
+        "attention_layers": len(unet.attn_processors),
+        "seconds": best,
+        "round_medians": rounds,
+        "overhead_vs_plain": {v: best[v] / best["plain"] for v in VARIANTS},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--width-divisor", type=int, default=4)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="latent sizes of the SD UNet")
+    parser.add_argument("--subjects", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="timed forwards per variant and round")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cases = []
+    unet = base_unet().to(device).eval()
+    text_dim = unet.config.cross_attention_dim
+    log.info("base model UNet, 32 x 32 pixels")
+    cases.append(
+        {
+            "model": "base",
+            **run_case(unet, 3, 32, text_dim, args.subjects, "all", args.repeats, args.steps, device),
+        }
+    )
+    name = f"sd15_w{args.width_divisor}"
+    for size in args.sizes:
+        unet = sd15_unet(args.width_divisor, size).to(device).eval()
+        for layers in ("all", LOW_RES_LAYERS):
+            log.info("%s, %d x %d latents, IR layers %s", name, size, size, layers)
+            case = run_case(unet, 4, size, 768, args.subjects, layers, args.repeats, args.steps, device)
+            cases.append({"model": name, **case})
+            log.info("  %s", {k: round(v, 3) for k, v in case["overhead_vs_plain"].items()})
+    result = {"benchmark": "irdiffusion_processors", "machine": machine(), "args": vars(args), "cases": cases}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"irdiffusion_{device.type}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "| model | latent size | IR layers (enabled / all) | plain forward (s) | "
+        + " | ".join(f"{v} / plain" for v in VARIANTS[1:])
+        + " |",
+        "|---|---|---|---|" + "---|" * (len(VARIANTS) - 1),
+    ]
+    for case in cases:
+        layers = case["ir_layers"] if case["ir_layers"] == "all" else "low-res"
+        lines.append(
+            f"| {case['model']} | {case['size']} | {layers} ({case['ir_layers_enabled']} / "
+            f"{case['attention_layers']}) | {case['seconds']['plain']:.3f} | "
+            + " | ".join(f"{case['overhead_vs_plain'][v]:.2f}" for v in VARIANTS[1:])
+            + " |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
