@@ -1,0 +1,29 @@
+"""The IR-Diffusion processor benchmark runs every variant on the base model and an SD-layout UNet."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def test_bench_times_every_variant(tmp_path, monkeypatch):
+    from bench import irdiffusion
+
+    out = tmp_path / "results"
+    argv = ["bench.irdiffusion", "--out", str(out), "--width-divisor", "16", "--sizes", "16"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--repeats", "1", "--steps", "1"])
+    irdiffusion.main()
+    result = json.loads((out / "irdiffusion_cpu.json").read_text())
+    cases = result["cases"]
+    assert [(c["model"], c["size"], c["ir_layers"] == "all") for c in cases] == [
+        ("base", 32, True),
+        ("sd15_w16", 16, True),
+        ("sd15_w16", 16, False),
+    ]
+    for case in cases:
+        assert set(case["overhead_vs_plain"]) == set(irdiffusion.VARIANTS)
+        assert case["overhead_vs_plain"]["plain"] == 1.0 and all(v > 0 for v in case["seconds"].values())
+    # SD 1.5's layout: 16 transformer blocks (self + cross attention each); low-res: up_blocks.1 + mid
+    assert cases[1]["attention_layers"] == 32 and cases[1]["ir_layers_enabled"] == 32
+    assert cases[2]["ir_layers_enabled"] == 8
+    assert "| sd15_w16 | 16 | low-res (8 / 32) |" in (out / "irdiffusion_cpu.md").read_text()
