@@ -147,7 +147,7 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
     save_image(image.float().cpu(), str(path))
 
 
-def generate(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def run_scenes(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run every scene and seed of `cfg` (see `conf/irdiffusion_sd.yaml`); write and return the report."""
     unknown = [v for v in cfg.variants if v not in VARIANTS]
     if unknown:
@@ -310,7 +310,7 @@ def _report(
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="irdiffusion_sd")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.paths.output_dir)
-    report = generate(cfg, out_dir)
+    report = run_scenes(cfg, out_dir)
     print(json.dumps({"out_dir": str(out_dir), "generations": report["generations"], **report["timing"]}))
 
 
