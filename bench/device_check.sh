@@ -3,7 +3,8 @@
 # the launch-configuration sweep (bench/kernel_tuning.py), then the kernel benchmark
 # (bench/kernels.py). Each step has its own time limit and writes under OUT, so a call stopped
 # early still returns what it measured.
-#   bash bench/device_check.sh OUT_DIR        (T1/T2/T3 override the step limits in seconds)
+#   bash bench/device_check.sh OUT_DIR        (T1/T2/T3 override the step limits in seconds; T2=0
+#                                             skips the sweep)
 # Wheels of packages the machine lacks (xformers) may be put in .whl/ beside this repository.
 set -u
 OUT=${1:-${OUT:-/tmp/device_check}}
@@ -17,6 +18,22 @@ fi
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
     python3 -c "import xformers, xformers.ops; print('xformers', xformers.__version__)" 2>&1 | tail -1
+    # which xformers operators this torch can serve, with the full reason when none (bf16, the bench's head dim)
+    python3 - <<'PY' 2>&1 | grep -v "^WARNING\[XFORMERS\]\|^ \+\(PyTorch\|Python\|Please\|Memory-efficient\|Set XFORMERS\)"
+try:
+    import torch
+    from xformers.ops import fmha
+    x = torch.randn(1, 256, 2, 64, device="cuda", dtype=torch.bfloat16)
+    for name, bias in (("none", None), ("window", fmha.attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(64)),
+                       ("dense", torch.zeros(1, 2, 256, 256, device="cuda", dtype=torch.bfloat16))):
+        try:
+            inp = fmha.Inputs(query=x, key=x, value=x, attn_bias=bias)
+            print("xformers", name, "fw", fmha._dispatch_fw(inp, True).NAME, "bw", fmha._dispatch_bw(inp, None).NAME)
+        except Exception as err:
+            print("xformers", name, type(err).__name__, str(err)[:1500])
+except Exception as err:
+    print("xformers diagnostics failed:", type(err).__name__, err)
+PY
 } | tee "$OUT/env.txt"
 
 echo "== 1. GPU tests (kernels, dispatcher backends, layers)"
@@ -26,12 +43,17 @@ timeout "${T1:-110}" python3 -m pytest -p no:cacheprovider -q -n 8 -m "gpu or no
 echo "rc=$?"; grep -E "passed|failed" "$OUT/tests.log" | tail -3; grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
 
 echo "== 2. launch-configuration sweep"
-timeout "${T2:-130}" python3 -m bench.kernel_tuning --out "$OUT" >"$OUT/tuning.log" 2>&1
-echo "rc=$?"
+if [ "${T2:-130}" -gt 0 ]; then
+    timeout "${T2:-130}" python3 -m bench.kernel_tuning --out "$OUT" >"$OUT/tuning.log" 2>&1
+    echo "rc=$?"
+else
+    echo "skipped (T2=0)"
+fi
 
 echo "== 3. block-sparse kernel vs SDPA (dense mask), FlexAttention, xformers; linear kernel"
-timeout "${T3:-160}" python3 -m bench.kernels --out "$OUT" --lengths 16384 4096 65536 32768 8192 \
-    --linear-lengths 16384 4096 65536 --repeats 10 >"$OUT/bench.log" 2>&1
+# BENCH_ARGS replaces the lengths and linear options, e.g. BENCH_ARGS="--no-linear --lengths 16384 65536"
+timeout "${T3:-160}" python3 -m bench.kernels --out "$OUT" ${BENCH_ARGS:---lengths 16384 4096 65536 32768 8192 \
+    --linear-lengths 16384 4096 65536} --repeats 10 >"$OUT/bench.log" 2>&1
 echo "rc=$?"
 
 python3 bench/device_summary.py "$OUT"

@@ -107,6 +107,7 @@ def run_case(
     repeats: int,
     steps: int,
     device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """Median forward time of the final pass's batch for `plain` and each IR variant."""
     state = install(unet, layers=layers if layers == "all" else list(layers))
@@ -114,8 +115,10 @@ def run_case(
     p = 1
     batch = 2 * p * (subjects + 1)  # classifier-free guidance doubles the [refs, target] groups
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, size, size, generator=gen).to(device)
-    context = torch.randn(batch, 77 if context_dim == 768 else 11, context_dim, generator=gen).to(device)
+    x = torch.randn(batch, channels, size, size, generator=gen).to(device, dtype)
+    context = torch.randn(batch, 77 if context_dim == 768 else 11, context_dim, generator=gen).to(
+        device, dtype
+    )
     t = torch.tensor(500, device=device)
     plan = layout(2 * p, subjects, size)  # the CFG halves are separate groups with the same layout
     plan = {k: v.to(device) for k, v in plan.items()}
@@ -165,33 +168,42 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2, help="timed forwards per variant and round")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--no-base", action="store_true", help="skip the app's base model (needs Hydra)")
+    parser.add_argument("--name", default=None, help="output file stem (default irdiffusion_<device>)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
     cases = []
-    unet = base_unet().to(device).eval()
-    text_dim = unet.config.cross_attention_dim
-    log.info("base model UNet, 32 x 32 pixels")
-    cases.append(
-        {
-            "model": "base",
-            **run_case(unet, 3, 32, text_dim, args.subjects, "all", args.repeats, args.steps, device),
-        }
-    )
+    if not args.no_base:
+        unet = base_unet().to(device, dtype).eval()
+        text_dim = unet.config.cross_attention_dim
+        log.info("base model UNet, 32 x 32 pixels")
+        cases.append(
+            {
+                "model": "base",
+                **run_case(
+                    unet, 3, 32, text_dim, args.subjects, "all", args.repeats, args.steps, device, dtype
+                ),
+            }
+        )
     name = f"sd15_w{args.width_divisor}"
     for size in args.sizes:
-        unet = sd15_unet(args.width_divisor, size).to(device).eval()
+        unet = sd15_unet(args.width_divisor, size).to(device, dtype).eval()
         for layers in ("all", LOW_RES_LAYERS):
             log.info("%s, %d x %d latents, IR layers %s", name, size, size, layers)
-            case = run_case(unet, 4, size, 768, args.subjects, layers, args.repeats, args.steps, device)
+            case = run_case(
+                unet, 4, size, 768, args.subjects, layers, args.repeats, args.steps, device, dtype
+            )
             cases.append({"model": name, **case})
             log.info("  %s", {k: round(v, 3) for k, v in case["overhead_vs_plain"].items()})
     result = {"benchmark": "irdiffusion_processors", "machine": machine(), "args": vars(args), "cases": cases}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"irdiffusion_{device.type}"
+    stem = out / (args.name or f"irdiffusion_{device.type}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "| model | latent size | IR layers (enabled / all) | plain forward (s) | "
@@ -202,7 +214,7 @@ def main() -> None:
     for case in cases:
         layers = case["ir_layers"] if case["ir_layers"] == "all" else "low-res"
         lines.append(
-            f"| {case['model']} | {case['size']} | {layers} ({case['ir_layers_enabled']} / "
+            f"| {case['model']} ({args.dtype}) | {case['size']} | {layers} ({case['ir_layers_enabled']} / "
             f"{case['attention_layers']}) | {case['seconds']['plain']:.3f} | "
             + " | ".join(f"{case['overhead_vs_plain'][v]:.2f}" for v in VARIANTS[1:])
             + " |"

@@ -289,30 +289,35 @@ def markdown_tables(report: dict[str, Any]) -> str:
     lines = [
         f"Machine: {report['machine'].get('gpu', '?')}, torch {report['machine'].get('torch', '?')}; "
         "B = 1, H = 16, D = 64, bf16; milliseconds (median of 10). "
-        "Speed-up = SDPA (dense mask) time / Triton time; vs Flex = Triton time / FlexAttention time (< 1: Triton faster).",
+        "Speed-up = SDPA (dense mask) time / Triton time; vs Flex = Triton time / FlexAttention time (< 1: Triton faster); "
+        "xformers: memory_efficient_attention with a structured bias for the sliding window and a dense "
+        "additive bias (one copy broadcast over heads) otherwise.",
         "",
-        "| pattern | length | SDPA fwd | Flex fwd | Triton fwd | speed-up | vs Flex | SDPA f+b | Flex f+b | Triton f+b "
-        "| speed-up | vs Flex | Triton TFLOP/s (fwd) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pattern | length | SDPA fwd | xformers fwd | Flex fwd | Triton fwd | speed-up | vs Flex | SDPA f+b "
+        "| xformers f+b | Flex f+b | Triton f+b | speed-up | vs Flex | Triton TFLOP/s (fwd) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def ms(case: dict[str, Any] | None, key: str) -> str:
-        return f"{case[key]:.3f}" if case and key in case else "–"
+        if case and key in case:
+            return f"{case[key]:.3f}"
+        return "OOM" if case and case.get("unsupported") == "out of GPU memory" else "–"
 
     def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str, fmt: str) -> str:
         return format(a[key] / b[key], fmt) if a and b and key in a and key in b else "–"
 
     for (pattern, length), by in sorted(cases.items(), key=lambda item: (item[0][0], item[0][1])):
-        sdpa, flex, triton_case = by.get("sdpa"), by.get("flex"), by.get("triton")
+        sdpa, flex, triton_case, xf = by.get("sdpa"), by.get("flex"), by.get("triton"), by.get("xformers")
         tflops = "–"
         if triton_case and "forward_tflops" in triton_case:
             tflops = f"{triton_case['forward_tflops']:.0f}"
             if peak:
                 tflops += f" ({100 * triton_case['forward_tflops'] / peak:.0f} % of {peak:.0f})"
         lines.append(
-            f"| {pattern} | {length} | {ms(sdpa, 'forward_ms')} | {ms(flex, 'forward_ms')} | "
+            f"| {pattern} | {length} | {ms(sdpa, 'forward_ms')} | {ms(xf, 'forward_ms')} | {ms(flex, 'forward_ms')} | "
             f"{ms(triton_case, 'forward_ms')} | {ratio(sdpa, triton_case, 'forward_ms', '.1f')}x | "
             f"{ratio(triton_case, flex, 'forward_ms', '.2f')} | {ms(sdpa, 'forward_backward_ms')} | "
+            f"{ms(xf, 'forward_backward_ms')} | "
             f"{ms(flex, 'forward_backward_ms')} | {ms(triton_case, 'forward_backward_ms')} | "
             f"{ratio(sdpa, triton_case, 'forward_backward_ms', '.1f')}x | "
             f"{ratio(triton_case, flex, 'forward_backward_ms', '.2f')} | {tflops} |"

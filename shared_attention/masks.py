@@ -232,24 +232,28 @@ class MaskSpec:
 
         The dense fallback is ``(B, H, Lq, Lk)`` with 0 where allowed and -inf elsewhere
         (fully masked rows opened; zero them afterwards), stored with its last dim padded
-        to a multiple of 8 as xformers requires for memory alignment.
+        to a multiple of 8 as xformers requires for memory alignment. Only the batch rows and
+        heads the mask depends on are stored; the others are broadcast views (stride 0), which
+        xformers reads as they are, so a head-independent mask costs ``Lq * Lk`` entries per
+        batch row, not ``H * Lq * Lk`` (8 GiB instead of 128 GiB for 16 heads at 64k tokens).
         """
-        structured = self._structured_xformers_bias(B, H, Lq, Lk)
+        structured = self._structured_xformers_bias(B, H, Lq, Lk, dtype)
         if structured is not None:
             return structured
         device = torch.device(device)
 
         def build() -> Tensor:
             dense, _ = self.safe_dense(B, H, Lq, Lk, device)
+            gb, gh = dense.shape[0], dense.shape[1]
             padded_len = math.ceil(Lk / 8) * 8
-            storage = torch.zeros(B, H, Lq, padded_len, device=device, dtype=dtype)
+            storage = torch.zeros(gb, gh, Lq, padded_len, device=device, dtype=dtype)
             bias = storage[..., :Lk]
-            bias.masked_fill_(~dense.expand(B, H, Lq, Lk), float("-inf"))
-            return bias
+            bias.masked_fill_(~dense.expand(gb, gh, Lq, Lk), float("-inf"))
+            return bias.expand(B, H, Lq, Lk)
 
         return _cached((self, "xformers", B, H, Lq, Lk, device, dtype), build, B, H, Lq, Lk)
 
-    def _structured_xformers_bias(self, B: int, H: int, Lq: int, Lk: int) -> Any:
+    def _structured_xformers_bias(self, B: int, H: int, Lq: int, Lk: int, dtype: torch.dtype) -> Any:
         return None
 
     def __and__(self, other: MaskSpec) -> AndMask:
@@ -281,7 +285,7 @@ class Causal(MaskSpec):
     def _allowed(self, b, h, q_idx, kv_idx, device):
         return kv_idx <= q_idx + self.offset
 
-    def _structured_xformers_bias(self, B, H, Lq, Lk):
+    def _structured_xformers_bias(self, B, H, Lq, Lk, dtype):
         from xformers.ops.fmha import attn_bias
 
         if self.offset == 0 and Lq == Lk:
@@ -392,7 +396,7 @@ class VarLen(MaskSpec):
             allowed = allowed & (kv_idx <= q_idx)
         return allowed
 
-    def _structured_xformers_bias(self, B, H, Lq, Lk):
+    def _structured_xformers_bias(self, B, H, Lq, Lk, dtype):
         if B != 1 or Lq != Lk:
             return None
         from xformers.ops.fmha import attn_bias
@@ -419,6 +423,19 @@ class SlidingWindow(MaskSpec):
         if self.causal:
             return (kv_idx <= q_idx) & (q_idx - kv_idx < self.window)
         return (q_idx - kv_idx).abs() < self.window
+
+    def _structured_xformers_bias(self, B, H, Lq, Lk, dtype):
+        # xformers serves its local-attention biases with the FlashAttention operator only (half
+        # precision; its CUTLASS backward has no local-causal bias): float32 takes the dense bias
+        if Lq != Lk or dtype not in (torch.float16, torch.bfloat16):
+            return None
+        from xformers.ops.fmha import attn_bias
+
+        if self.causal:  # keys at distance 0 .. window - 1 behind the query
+            return attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(self.window)
+        return attn_bias.LocalAttentionFromBottomRightMask(
+            window_left=self.window - 1, window_right=self.window - 1
+        )
 
 
 @dataclass(frozen=True)

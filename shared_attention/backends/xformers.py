@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import torch
@@ -12,11 +13,41 @@ from shared_attention.backends.base import YES, AttentionCall, Backend, Support,
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+TORCH_OPS_ENV = "SHARED_ATTENTION_XFORMERS_TORCH_OPS"
+
+
 @functools.cache
 def _xformers_ops() -> Any:
     import xformers.ops
 
+    if os.environ.get(TORCH_OPS_ENV, "0") == "1":
+        _allow_torch_backed_operators()
     return xformers.ops
+
+
+def _cpp_library_error() -> Exception | None:
+    """Why xformers' own C++/CUDA library did not load (None when it did)."""
+    import xformers._cpp_lib
+
+    return xformers._cpp_lib._cpp_library_load_exception
+
+
+def _allow_torch_backed_operators() -> bool:
+    """Let xformers run its PyTorch-backed operators when its own C++ library failed to load.
+
+    xformers 0.0.35's FlashAttention-2 (``fa2F-pt``) and CUTLASS (``cutlassF-pt``) operators call
+    PyTorch's own kernels (``aten::_flash_attention_forward``, ``aten::_efficient_attention_forward``,
+    after checking their schemas at import), but xformers refuses every CUDA operator when its C++
+    library was built for another torch, even these. Only its FlashAttention-3 operator needs that
+    library, and it stays off. Opt-in (environment variable ``SHARED_ATTENTION_XFORMERS_TORCH_OPS=1``),
+    because it relies on a private flag of xformers; returns whether the flag was changed.
+    """
+    if torch.version.cuda is None or _cpp_library_error() is None:
+        return False
+    import xformers.ops.fmha.common as fmha_common
+
+    fmha_common._built_with_cuda = True
+    return True
 
 
 def _import_error() -> str | None:
@@ -36,7 +67,13 @@ def _operator_error(dtype: torch.dtype) -> str | None:
         _xformers_ops().memory_efficient_attention(x, x, x)
     except (NotImplementedError, RuntimeError) as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        return f"xformers has no CUDA operator for {dtype} here ({first.strip()})"
+        hint = ""
+        if _cpp_library_error() is not None and os.environ.get(TORCH_OPS_ENV, "0") != "1":
+            hint = (
+                f"; its C++ library was built for another torch or Python, set {TORCH_OPS_ENV}=1 to run "
+                "its PyTorch-backed operators (fa2F-pt, cutlassF-pt)"
+            )
+        return f"xformers has no CUDA operator for {dtype} here ({first.strip()}){hint}"
     return None
 
 

@@ -26,4 +26,18 @@ def test_bench_times_every_variant(tmp_path, monkeypatch):
     # SD 1.5's layout: 16 transformer blocks (self + cross attention each); low-res: up_blocks.1 + mid
     assert cases[1]["attention_layers"] == 32 and cases[1]["ir_layers_enabled"] == 32
     assert cases[2]["ir_layers_enabled"] == 8
-    assert "| sd15_w16 | 16 | low-res (8 / 32) |" in (out / "irdiffusion_cpu.md").read_text()
+    assert "| sd15_w16 (float32) | 16 | low-res (8 / 32) |" in (out / "irdiffusion_cpu.md").read_text()
+
+
+def test_bench_half_precision_without_the_base_model(tmp_path, monkeypatch):
+    from bench import irdiffusion
+
+    out = tmp_path / "results"
+    argv = ["bench.irdiffusion", "--out", str(out), "--width-divisor", "16", "--sizes", "16", "--no-base"]
+    monkeypatch.setattr(
+        sys, "argv", [*argv, "--dtype", "bfloat16", "--name", "half", "--repeats", "1", "--steps", "1"]
+    )
+    irdiffusion.main()
+    result = json.loads((out / "half.json").read_text())
+    assert [c["model"] for c in result["cases"]] == ["sd15_w16", "sd15_w16"]
+    assert "| sd15_w16 (bfloat16) | 16 |" in (out / "half.md").read_text()
