@@ -11,6 +11,10 @@ the generated scene inside subject i's target box (both resized to the classifie
 - `caption_alignment`: the classifier's identity of the target crop is the identity the caption names.
 - `leakage`: mean probability the classifier gives the *other* subjects' identities on the target
   crop of subject i (lower is better).
+- `subjects_drawn`: subject i's target box holds foreground (pixels that differ from the image's
+  border colour) on at least `DRAWN_FRACTION` of its area, judged on the pipeline's boxes whatever
+  `tighten` is. No judge involved: it tells a scene whose subject was left out (nothing can leak from
+  it) from one where it was drawn. Ground-truth scenes cover at least 0.47 of every box.
 
 Each is averaged over the subjects of a scene; tables report mean +- std over scenes. Since every
 variant is generated from the same seeds, `paired_differences` also compares variants scene by
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 METRICS = ("pattern_consistency", "feature_similarity", "colour_similarity", "caption_alignment", "leakage")
+DRAWN_FRACTION = 0.2  # of a target box's pixels in the foreground: the subject was drawn
 
 
 def tighten_boxes(images: Tensor, boxes: Tensor, threshold: float = 0.12) -> Tensor:
@@ -46,6 +51,17 @@ def tighten_boxes(images: Tensor, boxes: Tensor, threshold: float = 0.12) -> Ten
     tight = boxes_from_masks(inside)
     empty = ~inside.flatten(-2).any(-1)
     return torch.where(empty[..., None], boxes, tight)
+
+
+def drawn_fraction(images: Tensor, boxes: Tensor, threshold: float = 0.12) -> Tensor:
+    """Share `(B, S)` of each normalised box `(B, S, 4)` of `images (B, 3, H, W)` in [0, 1] that is
+    foreground (`pipeline.foreground_segmenter`); 0 for an empty box."""
+    from apps.irdiffusion.pipeline import box_masks, foreground_segmenter
+
+    h, w = images.shape[-2:]
+    inside = box_masks(boxes, h, w)  # (B, S, H, W)
+    fg = inside & foreground_segmenter(images, threshold)[:, None]
+    return fg.flatten(-2).sum(-1) / inside.flatten(-2).sum(-1).clamp_min(1)
 
 
 def pixel_boxes(boxes: Tensor, h: int, w: int) -> Tensor:
@@ -81,6 +97,7 @@ def subject_metrics(
     shrinks every box to the foreground inside it first (`tighten_boxes`).
     """
     p, s, _, h, w = references.shape
+    drawn = drawn_fraction(images, target_boxes) >= DRAWN_FRACTION  # (P, S), on the untightened boxes
     if tighten:
         ref_boxes = tighten_boxes(references.flatten(0, 1), ref_boxes.reshape(p * s, 1, 4)).view(p, s, 4)
         target_boxes = tighten_boxes(images, target_boxes)
@@ -108,6 +125,7 @@ def subject_metrics(
         "caption_alignment": alignment.view(p, s),
         "leakage": leakage,
         "reference_alignment": (ref_id.argmax(-1) == ids).float().view(p, s),
+        "subjects_drawn": drawn.float(),
     }
     return {name: value.mean(dim=1) for name, value in per_subject.items()}
 
@@ -146,17 +164,26 @@ PAIRS = (
 
 
 def paired_differences(
-    values: dict[str, dict[str, list[float]]], pairs: tuple[tuple[str, str], ...] = PAIRS
+    values: dict[str, dict[str, list[float]]],
+    pairs: tuple[tuple[str, str], ...] = PAIRS,
+    where: str | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """`"a - b"` -> metric -> {mean, se, better, worse, tied, n} over scenes, for the pairs present.
 
     `values` holds per-scene values in the same scene order for every variant (the same seeds);
     `better` counts scenes where `a` is higher (for `leakage` lower is better: it counts lower).
+    `where` names a per-scene metric: only scenes where it is 1 in both variants are compared (e.g.
+    `subjects_drawn`: every subject drawn in both images).
     """
     out: dict[str, dict[str, dict[str, float]]] = {}
     for a, b in pairs:
         if a not in values or b not in values:
             continue
+        keep = None
+        if where is not None:
+            if where not in values[a] or where not in values[b]:
+                continue
+            keep = (torch.tensor(values[a][where]) == 1) & (torch.tensor(values[b][where]) == 1)
         out[f"{a} - {b}"] = {}
         for name in values[a]:
             if name not in values[b]:
@@ -165,6 +192,8 @@ def paired_differences(
             y = torch.tensor(values[b][name], dtype=torch.float64)
             if x.shape != y.shape:
                 raise ValueError(f"{a} and {b} have different numbers of scenes for {name}")
+            if keep is not None:
+                x, y = x[keep], y[keep]
             d = x - y
             n = d.numel()
             se = float(d.std(unbiased=True)) / n**0.5 if n > 1 else 0.0

@@ -68,7 +68,12 @@ log = logging.getLogger(__name__)
 
 FOREGROUND_SUFFIX = "_fg"
 # columns of the paired-difference table (reference alignment is the same for every variant)
-PAIRED_COLUMNS = (*METRICS, "pattern_consistency" + FOREGROUND_SUFFIX, "leakage" + FOREGROUND_SUFFIX)
+PAIRED_COLUMNS = (
+    *METRICS,
+    "pattern_consistency" + FOREGROUND_SUFFIX,
+    "leakage" + FOREGROUND_SUFFIX,
+    "subjects_drawn",
+)
 
 
 def scale_jitter(boxes: Tensor, amount: float) -> Tensor:
@@ -471,6 +476,9 @@ class IRDiffusionModule(BaseModule):
         values = {v: dict(m) for v, m in self._test_values.items() if m}
         table = summarise(values)
         paired = paired_differences(values)
+        # the same comparisons on the scenes where every subject is drawn in both images: a variant
+        # that leaves a subject out has nothing to leak from it, which would pass for less leakage
+        paired_drawn = paired_differences(values, where="subjects_drawn")
         for variant, metrics in table.items():
             for name, (mean, _std) in metrics.items():
                 self.log(f"test/{variant}/{name}", mean)
@@ -495,6 +503,7 @@ class IRDiffusionModule(BaseModule):
                 for v, metrics in table.items()
             },
             "paired": paired,
+            "paired_all_subjects_drawn": paired_drawn,
             "timing": timing,
             "sample_steps": self.sample_steps,
             "guidance_scale": self.guidance_scale,
@@ -503,7 +512,7 @@ class IRDiffusionModule(BaseModule):
         }
         if out_dir is not None:
             write_json(out_dir / "irdiffusion_table.json", report)
-            names = (*METRICS, "reference_alignment")
+            names = (*METRICS, "reference_alignment", "subjects_drawn")
             external = tuple(n for n in EXTERNAL_METRICS if any(n in m for m in table.values()))
             (out_dir / "irdiffusion_table.md").write_text(
                 "Crops by the pipeline's boxes:\n\n"
@@ -514,6 +523,9 @@ class IRDiffusionModule(BaseModule):
                     "\nPaired differences over the same scenes (mean ± standard error; in brackets the "
                     "scenes where the first variant is better / worse, for leakage: lower):\n\n"
                     + paired_markdown(paired, PAIRED_COLUMNS)
+                    + "\nThe same on the scenes where every subject is drawn in both images (`subjects_drawn`; "
+                    "n scenes per pair in the JSON's `paired_all_subjects_drawn`):\n\n"
+                    + paired_markdown(paired_drawn, PAIRED_COLUMNS)
                     if paired
                     else ""
                 )

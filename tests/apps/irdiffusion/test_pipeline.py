@@ -206,3 +206,33 @@ def test_paired_differences_compare_variants_scene_by_scene():
     assert "| both - vanilla | +0.250 ± 0.144 (2/0) |" in table and "caption_alignment" not in table
     with pytest.raises(ValueError, match="different numbers of scenes"):
         paired_differences({"both": {"leakage": [0.1]}, "vanilla": {"leakage": [0.1, 0.2]}})
+
+
+def test_subjects_drawn_tells_a_missing_subject_from_a_drawn_one(tiny_model):
+    images = torch.full((2, 3, 16, 16), 0.1)
+    images[:, :, 1:7, 1:7] = 0.9  # subject 0 drawn in both scenes
+    images[0, :, 9:15, 9:15] = 0.5  # subject 1 drawn only in scene 0
+    images[1, :, 9:10, 9:10] = 0.5  # one stray pixel: under DRAWN_FRACTION of the box
+    boxes = torch.tensor([[[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]]]).repeat(2, 1, 1)
+    refs = images[:, None].repeat(1, 2, 1, 1, 1)
+    ids = torch.tensor([[0, 1], [0, 1]])
+    for tighten in (False, True):
+        scores = subject_metrics(tiny_model.classifier, refs, boxes, images, boxes, ids, tighten=tighten)
+        assert scores["subjects_drawn"].tolist() == [1.0, 0.5]
+
+
+def test_paired_differences_where_every_subject_is_drawn():
+    values = {
+        "both": {"leakage": [0.0, 0.1, 0.2], "subjects_drawn": [0.5, 1.0, 1.0]},
+        "vanilla": {"leakage": [0.4, 0.3, 0.2], "subjects_drawn": [1.0, 1.0, 0.5]},
+    }
+    everything = paired_differences(values, (("both", "vanilla"),))["both - vanilla"]["leakage"]
+    drawn = paired_differences(values, (("both", "vanilla"),), where="subjects_drawn")["both - vanilla"]
+    assert everything["n"] == 3 and drawn["leakage"]["n"] == 1
+    assert abs(drawn["leakage"]["mean"] + 0.2) < 1e-9 and drawn["leakage"]["better"] == 1
+    assert (
+        paired_differences(
+            {"both": {"leakage": [0.1]}, "vanilla": {"leakage": [0.2]}}, where="subjects_drawn"
+        )
+        == {}
+    )
