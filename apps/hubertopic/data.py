@@ -30,7 +30,14 @@ from apps.common.data import SplitLoaders, seeded_loader
 from apps.hubertopic.audio import MFCC_HOP, MODEL_HOP, align_labels, load_audio, mfcc_features, model_frames
 from apps.hubertopic.corpus import CORPUS_DIR, CorpusConfig, build_corpus
 from apps.hubertopic.formats import Utterance, read_librispeech, read_manifest
-from apps.hubertopic.labels import Topics, UnitLabels, compute_features, fit_topics, fit_units
+from apps.hubertopic.labels import (
+    TOPIC_DOCUMENTS,
+    Topics,
+    UnitLabels,
+    compute_features,
+    fit_topics,
+    fit_units,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +138,9 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             `corpus_dir` is also given, which then serves the probes).
         labels: `source` (`mfcc` | `model`), `num_classes` (K), `n_mfcc`, `checkpoint` and `layer`
             (iteration 2: a trained model and its 1-based Transformer layer), `max_fit_frames`.
-        topics: `num_topics` (T), `ngram`, `targets` (`hard` | `soft`), `max_iter` (LDA).
+        topics: `num_topics` (T), `ngram`, `targets` (`hard` | `soft`), `max_iter` (LDA),
+            `documents` (`counts` | `speaker_residual`: each utterance's units minus its speaker's
+            usual profile, see `labels.speaker_residual`).
         max_seconds: training crop length (validation and probes use whole utterances).
         valid_fraction: validation share when splitting a LibriSpeech folder by utterance id.
     """
@@ -172,6 +181,7 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             "ngram": 1,
             "targets": "hard",
             "max_iter": 50,
+            "documents": "counts",
             **dict(topics or {}),
         }
         if self.label_cfg["source"] not in ("mfcc", "model"):
@@ -181,6 +191,11 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
         if self.label_cfg["source"] == "model" and not self.label_cfg["checkpoint"]:
             raise ValueError(
                 "app.data.labels.source=model needs app.data.labels.checkpoint=<iteration-1 ckpt>"
+            )
+        if self.topic_cfg["documents"] not in TOPIC_DOCUMENTS:
+            raise ValueError(
+                f"app.data.topics.documents: expected one of {TOPIC_DOCUMENTS}, "
+                f"got {self.topic_cfg['documents']!r}"
             )
         if self.topic_cfg["targets"] not in TOPIC_TARGETS:
             raise ValueError(
@@ -289,6 +304,8 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             units.save(units_path)
             log.info("unit labels (%s, K=%d) in %s", self.label_cfg["source"], units.num_classes, units_path)
         topic_cfg = {k: self.topic_cfg[k] for k in ("num_topics", "ngram", "max_iter")}
+        if self.topic_cfg["documents"] != "counts":  # the default keeps the digest of earlier caches
+            topic_cfg["documents"] = self.topic_cfg["documents"]
         topics_path = folder / f"topics_{_digest(topic_cfg)}.npz"
         if topics_path.is_file():
             topics = Topics.load(topics_path)
@@ -299,6 +316,8 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
                 ngram=int(topic_cfg["ngram"]),
                 seed=self.seed,
                 max_iter=int(topic_cfg["max_iter"]),
+                documents=self.topic_cfg["documents"],
+                speakers={u.utt_id: u.meta.get("speaker", "") for u in utts},
             )
             topics.save(topics_path)
         self.units, self.topics = units, topics

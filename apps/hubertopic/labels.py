@@ -142,6 +142,33 @@ class Topics:
             )
 
 
+TOPIC_DOCUMENTS = ("counts", "speaker_residual")
+
+
+def speaker_residual(counts: sparse.csr_matrix, speakers: Sequence[str]) -> sparse.csr_matrix:
+    """Unit counts `(N, V)` minus what each utterance's speaker usually says.
+
+    Each row is turned into relative frequencies; the speaker's profile is the mean of those over
+    the speaker's *other* utterances (leave-one-out, so an utterance is not compared with itself);
+    the document keeps only the words it uses more than that profile, `max(0, f - profile)`, scaled
+    back by its length. With acoustic units, much of a document is the voice (which units a
+    speaker's timbre and pitch fall into): removing the speaker's own profile leaves what differs
+    between that speaker's utterances, i.e. what was said. A speaker with a single utterance keeps
+    its counts unchanged.
+    """
+    dense = np.asarray(counts.todense(), dtype=np.float64)
+    lengths = dense.sum(axis=1, keepdims=True)
+    freq = dense / np.maximum(lengths, 1.0)
+    names = sorted(set(speakers))
+    index = np.array([names.index(s) for s in speakers])
+    totals = np.zeros((len(names), dense.shape[1]))
+    np.add.at(totals, index, freq)
+    sizes = np.bincount(index, minlength=len(names))[index][:, None].astype(np.float64)
+    others = np.where(sizes > 1, (totals[index] - freq) / np.maximum(sizes - 1, 1), 0.0)
+    residual = np.clip(freq - others, 0.0, None) * lengths
+    return sparse.csr_matrix(residual)
+
+
 def fit_topics(
     units: dict[str, np.ndarray],
     num_topics: int,
@@ -150,25 +177,42 @@ def fit_topics(
     min_count: int = 1,
     seed: int = 0,
     max_iter: int = 50,
+    documents: str = "counts",
+    speakers: dict[str, str] | None = None,
 ) -> Topics:
-    """LDA with `num_topics` topics over the unit documents of all utterances."""
+    """LDA with `num_topics` topics over the unit documents of all utterances.
+
+    `documents`: `counts` (each utterance's unit counts) or `speaker_residual` (those counts minus
+    the speaker's usual profile, `speaker_residual`; needs `speakers`, utterance id -> speaker).
+    """
+    if documents not in TOPIC_DOCUMENTS:
+        raise ValueError(f"app.data.topics.documents: expected one of {TOPIC_DOCUMENTS}, got {documents!r}")
     utt_ids = sorted(units)
-    documents = [unit_document(units[u], ngram) for u in utt_ids]
+    if documents == "speaker_residual":
+        missing = [u for u in utt_ids if not (speakers or {}).get(u)]
+        if missing:
+            raise ValueError(
+                "app.data.topics.documents=speaker_residual needs every utterance's speaker; none for "
+                f"{len(missing)} utterance(s), e.g. {missing[0]} (a LibriSpeech-layout corpus gives it)"
+            )
+    texts = [unit_document(units[u], ngram) for u in utt_ids]
     counts: dict[str, int] = {}
-    for words in documents:
+    for words in texts:
         for word in words:
             counts[word] = counts.get(word, 0) + 1
     vocabulary = {w: i for i, w in enumerate(sorted(w for w, c in counts.items() if c >= min_count))}
     rows, cols = [], []
-    for row, words in enumerate(documents):
+    for row, words in enumerate(texts):
         for word in words:
             if word in vocabulary:
                 rows.append(row)
                 cols.append(vocabulary[word])
     matrix = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(documents), len(vocabulary))
+        (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(texts), len(vocabulary))
     )
     matrix.sum_duplicates()
+    if documents == "speaker_residual":
+        matrix = speaker_residual(matrix, [speakers[u] for u in utt_ids])  # type: ignore[index]
     lda = LatentDirichletAllocation(
         n_components=num_topics, learning_method="batch", max_iter=max_iter, random_state=seed
     )
@@ -177,8 +221,9 @@ def fit_topics(
     theta = (theta / theta.sum(axis=1, keepdims=True)).astype(np.float32).astype(np.float64)
     perplexity = float(lda.perplexity(matrix))
     log.info(
-        "LDA: %d documents, %d words, %d topics, perplexity %.1f",
-        len(documents),
+        "LDA (%s): %d documents, %d words, %d topics, perplexity %.1f",
+        documents,
+        len(texts),
         len(vocabulary),
         num_topics,
         perplexity,

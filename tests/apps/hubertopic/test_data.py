@@ -66,3 +66,17 @@ def test_soft_targets_and_config_errors(tmp_path: Path, librispeech: Path):
         datamodule(tmp_path, librispeech, topics={"targets": "fuzzy"})
     with pytest.raises(ValueError, match="labels.checkpoint"):
         datamodule(tmp_path, librispeech, labels={"source": "model"})
+    with pytest.raises(ValueError, match="topics.documents"):
+        datamodule(tmp_path, librispeech, topics={"documents": "residual"})
+
+
+def test_speaker_residual_topics_are_cached_beside_the_plain_ones(tmp_path: Path, librispeech: Path):
+    plain = datamodule(tmp_path, librispeech, topics={"num_topics": 2, "max_iter": 5})
+    plain.prepare_data()
+    residual = datamodule(
+        tmp_path, librispeech, topics={"num_topics": 2, "max_iter": 5, "documents": "speaker_residual"}
+    )
+    residual.prepare_data()
+    assert sorted(residual.topics.utt_ids) == sorted(plain.topics.utt_ids)
+    folder = residual._label_dir()
+    assert len(list(folder.glob("topics_*.npz"))) == 2  # the same units, two topic caches

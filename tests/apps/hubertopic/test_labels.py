@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from apps.hubertopic.audio import MFCC_HOP, align_labels, mfcc_features, model_frames
-from apps.hubertopic.labels import Topics, UnitLabels, fit_topics, fit_units, unit_document
+from apps.hubertopic.labels import Topics, UnitLabels, fit_topics, fit_units, speaker_residual, unit_document
 from apps.hubertopic.model import HuBERTopic
 
 
@@ -71,3 +71,44 @@ def test_kmeans_units_and_topics_recover_two_groups(tmp_path: Path):
     topics.save(tmp_path / "topics.npz")
     back = Topics.load(tmp_path / "topics.npz")
     assert back.utt_ids == topics.utt_ids and np.allclose(back.theta, topics.theta, atol=1e-6)
+
+
+def test_speaker_residual_removes_each_speakers_usual_units():
+    from scipy import sparse
+
+    # speaker a always uses unit 0 (its voice) and says unit 2 or 3 (the content); b likewise with unit 1
+    counts = np.array(
+        [[6, 0, 2, 0], [6, 0, 0, 2], [6, 0, 2, 0], [0, 6, 0, 2], [0, 6, 2, 0], [0, 6, 0, 2], [1, 1, 1, 1]],
+        dtype=float,
+    )
+    speakers = ["a", "a", "a", "b", "b", "b", "c"]
+    residual = np.asarray(speaker_residual(sparse.csr_matrix(counts), speakers).todense())
+    assert np.allclose(residual[:6, :2], 0)  # the voice units are gone
+    # content: a's first utterance says unit 2, which its other utterances say half the time
+    assert residual[0, 2] > 0 and residual[0, 3] == 0 and residual[1, 3] > 0
+    assert np.allclose(residual[6], counts[6])  # a speaker with one utterance keeps its counts
+    assert (residual >= 0).all()
+
+
+def test_residual_topics_follow_content_not_speaker():
+    rng = np.random.default_rng(0)
+    units, speaker, content = {}, {}, {}
+    for n in range(48):
+        spk, topic = n % 4, (n // 4) % 2
+        voice = np.repeat(np.arange(4) + 4 * spk, 15)  # each speaker's own 4 units dominate
+        said = rng.integers(0, 3, 36) + 16 + 3 * topic  # content units 16-18 or 19-21
+        seq = np.concatenate([voice, said])
+        units[f"u{n:02d}"] = rng.permutation(seq)
+        speaker[f"u{n:02d}"], content[f"u{n:02d}"] = f"s{spk}", topic
+    plain = fit_topics(units, 2, seed=0, max_iter=50)
+    residual = fit_topics(units, 2, seed=0, max_iter=50, documents="speaker_residual", speakers=speaker)
+    truth = [content[u] for u in residual.utt_ids]
+    assert normalized_mutual_info_score(truth, residual.hard) > 0.8
+    assert (
+        normalized_mutual_info_score(truth, residual.hard)
+        > normalized_mutual_info_score(truth, plain.hard) + 0.3
+    )
+    with pytest.raises(ValueError, match="needs every utterance's speaker"):
+        fit_topics(units, 2, documents="speaker_residual", speakers={"u00": "s0"})
+    with pytest.raises(ValueError, match="topics.documents"):
+        fit_topics(units, 2, documents="words")
