@@ -18,22 +18,8 @@ fi
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
     python3 -c "import xformers, xformers.ops; print('xformers', xformers.__version__)" 2>&1 | tail -1
-    # which xformers operators this torch can serve, with the full reason when none (bf16, the bench's head dim)
-    python3 - <<'PY' 2>&1 | grep -v "^WARNING\[XFORMERS\]\|^ \+\(PyTorch\|Python\|Please\|Memory-efficient\|Set XFORMERS\)"
-try:
-    import torch
-    from xformers.ops import fmha
-    x = torch.randn(1, 256, 2, 64, device="cuda", dtype=torch.bfloat16)
-    for name, bias in (("none", None), ("window", fmha.attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(64)),
-                       ("dense", torch.zeros(1, 2, 256, 256, device="cuda", dtype=torch.bfloat16))):
-        try:
-            inp = fmha.Inputs(query=x, key=x, value=x, attn_bias=bias)
-            print("xformers", name, "fw", fmha._dispatch_fw(inp, True).NAME, "bw", fmha._dispatch_bw(inp, None).NAME)
-        except Exception as err:
-            print("xformers", name, type(err).__name__, str(err)[:1500])
-except Exception as err:
-    print("xformers diagnostics failed:", type(err).__name__, err)
-PY
+    # which xformers operator serves each bias kind, with the full reason when none does
+    python3 bench/xformers_operators.py 2>&1 | grep -v "^WARNING\[XFORMERS\]\|^ \+\(PyTorch\|Python\|Please\|Memory-efficient\|Set XFORMERS\)"
 } | tee "$OUT/env.txt"
 
 echo "== 1. GPU tests (kernels, dispatcher backends, layers)"

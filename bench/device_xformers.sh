@@ -12,24 +12,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD SHARED_ATTENTION_XFORMERS_TORCH_OPS=1
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    python3 - <<'PY' 2>&1 | grep -v "WARNING\[XFORMERS\]\|^ \+\(PyTorch\|Python\|Please\|Memory-efficient\|Set XFORMERS\)"
-import torch, triton
-from shared_attention.backends import xformers as xb
-import xformers
-from xformers.ops import fmha
-print("torch", torch.__version__, "triton", triton.__version__, "xformers", xformers.__version__, torch.cuda.get_device_name())
-xb._xformers_ops()
-print("xformers C++ library:", xb._cpp_library_error() or "loaded")
-x = torch.randn(1, 256, 2, 64, device="cuda", dtype=torch.bfloat16)
-for name, bias in (("none", None), ("causal window", fmha.attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(64)),
-                   ("window", fmha.attn_bias.LocalAttentionFromBottomRightMask(63, 63)),
-                   ("dense", torch.zeros(1, 2, 256, 256, device="cuda", dtype=torch.bfloat16))):
-    try:
-        inp = fmha.Inputs(query=x, key=x, value=x, attn_bias=bias)
-        print("xformers", name, "fw", fmha._dispatch_fw(inp, True).NAME, "bw", fmha._dispatch_bw(inp, None).NAME)
-    except Exception as err:
-        print("xformers", name, type(err).__name__, str(err)[:1200])
-PY
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+    python3 bench/xformers_operators.py 2>&1 | grep -v "^WARNING\[XFORMERS\]\|^ \+\(PyTorch\|Python\|Please\|Memory-efficient\|Set XFORMERS\)"
 } | tee "$OUT/env.txt"
 echo "== 1. CUDA backend tests"
 timeout "${T1:-100}" python3 -m pytest -p no:cacheprovider -q -n 8 -m "gpu or not slow" -rs \
