@@ -156,17 +156,26 @@ def speaker_residual(counts: sparse.csr_matrix, speakers: Sequence[str]) -> spar
     between that speaker's utterances, i.e. what was said. A speaker with a single utterance keeps
     its counts unchanged.
     """
-    dense = np.asarray(counts.todense(), dtype=np.float64)
-    lengths = dense.sum(axis=1, keepdims=True)
-    freq = dense / np.maximum(lengths, 1.0)
-    names = sorted(set(speakers))
-    index = np.array([names.index(s) for s in speakers])
-    totals = np.zeros((len(names), dense.shape[1]))
-    np.add.at(totals, index, freq)
-    sizes = np.bincount(index, minlength=len(names))[index][:, None].astype(np.float64)
-    others = np.where(sizes > 1, (totals[index] - freq) / np.maximum(sizes - 1, 1), 0.0)
-    residual = np.clip(freq - others, 0.0, None) * lengths
-    return sparse.csr_matrix(residual)
+    counts = sparse.csr_matrix(counts, dtype=np.float64)
+    lengths = np.asarray(counts.sum(axis=1)).ravel()
+    freq = sparse.diags(1.0 / np.maximum(lengths, 1.0)) @ counts  # (N, V), sparse
+    names = {name: i for i, name in enumerate(sorted(set(speakers)))}
+    index = np.array([names[s] for s in speakers])
+    by_speaker = sparse.csr_matrix(
+        (np.ones(len(index)), (index, np.arange(len(index)))), shape=(len(names), len(index))
+    )
+    totals = np.asarray((by_speaker @ freq).todense())  # (speakers, V): small
+    sizes = np.bincount(index, minlength=len(names))
+    # only a unit the utterance uses can be above its speaker's profile: the result keeps freq's support
+    coo = freq.tocoo()
+    n_other = sizes[index[coo.row]] - 1
+    profile = np.where(
+        n_other > 0, (totals[index[coo.row], coo.col] - coo.data) / np.maximum(n_other, 1), 0.0
+    )
+    values = np.clip(coo.data - profile, 0.0, None) * lengths[coo.row]
+    residual = sparse.csr_matrix((values, (coo.row, coo.col)), shape=counts.shape)
+    residual.eliminate_zeros()
+    return residual
 
 
 def fit_topics(
