@@ -17,8 +17,7 @@ fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-    python3 -c "import xformers, xformers.ops; print('xformers', xformers.__version__)" 2>&1 | tail -1
-    # which xformers operator serves each bias kind, with the full reason when none does
+    # the xformers version and which operator serves each bias kind, with the full reason when none does
     python3 bench/xformers_operators.py 2>&1 | grep -v "^WARNING\[XFORMERS\]\|^ \+\(PyTorch\|Python\|Please\|Memory-efficient\|Set XFORMERS\)"
 } | tee "$OUT/env.txt"
 
