@@ -137,6 +137,7 @@ class IRDiffusionModule(BaseModule):
         reference_variant: str = "extended",
         reference_timesteps: str = "same",
         reference_noise: float = 1.0,
+        ir_start: float = 0.0,
         model_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
@@ -180,6 +181,9 @@ class IRDiffusionModule(BaseModule):
         if not 0.0 <= reference_noise <= 1.0:
             raise ValueError(f"module.reference_noise must lie in [0, 1], got {reference_noise}")
         self.reference_noise = float(reference_noise)
+        if not 0.0 <= ir_start <= 1.0:
+            raise ValueError(f"module.ir_start must lie in [0, 1], got {ir_start}")
+        self.ir_start = float(ir_start)
         self._ir_state: IRState | None = None
         self.noise_scheduler = model.train_scheduler()
         self._test_values: dict[str, dict[str, list[float]]] = {}
@@ -384,6 +388,7 @@ class IRDiffusionModule(BaseModule):
                 attention_backend=self.attention_backend,
                 segmenter=foreground_segmenter if self.segmenter == "foreground" else None,
                 reference_noise=self.reference_noise,
+                ir_start=self.ir_start,
             )
         return self._pipeline
 
@@ -508,6 +513,7 @@ class IRDiffusionModule(BaseModule):
             "sample_steps": self.sample_steps,
             "guidance_scale": self.guidance_scale,
             "reference_noise": self.reference_noise,
+            "ir_start": self.ir_start,
             "per_scene": values,
         }
         if out_dir is not None:

@@ -12,7 +12,10 @@
    reference slots instead hold their finished latents noised afresh, with their own initial
    noise, to timestep `round(γ · t)` at the target's timestep t, and the UNet is told that
    timestep for those rows: references clearer than the target (γ = 0: clean references), for a
-   base model that copies only from references less noisy than itself.
+   base model that copies only from references less noisy than itself. With `ir_start = f > 0` (ours,
+   not the paper's) the first `round(f · steps)` steps of the final pass run with the processors
+   paused, so the target follows the vanilla scene's trajectory, and with it the layout the target
+   boxes were taken from, before IR starts.
 
 Backends: `TinyBackend` (our base model, pixel space, caption ids) and `DiffusersBackend` (any local
 `StableDiffusionPipeline` / `StableDiffusionXLPipeline` folder, latent space, string prompts).
@@ -329,10 +332,14 @@ class IRDiffusionPipeline:
         attention_backend: str = "auto",
         segmenter: Segmenter | None = None,
         reference_noise: float = 1.0,
+        ir_start: float = 0.0,
     ) -> None:
         if not 0.0 <= reference_noise <= 1.0:
             raise ValueError(f"reference_noise must lie in [0, 1], got {reference_noise}")
+        if not 0.0 <= ir_start <= 1.0:
+            raise ValueError(f"ir_start must lie in [0, 1], got {ir_start}")
         self.reference_noise = float(reference_noise)
+        self.ir_start = float(ir_start)
         self.backend = backend
         self.steps = steps
         self.guidance_scale = guidance_scale
@@ -340,6 +347,11 @@ class IRDiffusionPipeline:
         self.cross_blend = cross_blend
         self.segmenter = segmenter
         self.state = install(backend.unet, layers=layers, backend=attention_backend)
+
+    @property
+    def ir_from(self) -> int:
+        """The first step of the final pass with the processors on (`round(ir_start * steps)`)."""
+        return int(round(self.ir_start * self.steps))
 
     def _unet(self, x: Tensor, t: Tensor, context: Tensor, extra: dict[str, Tensor]) -> Tensor:
         kwargs = {"added_cond_kwargs": extra} if extra else {}
@@ -353,11 +365,13 @@ class IRDiffusionPipeline:
         uncond: tuple[Tensor, dict[str, Tensor]],
         replay: Callable[[int, Tensor], tuple[Tensor, Tensor | None]] | None = None,
         replay_slots: Tensor | None = None,
+        ir_from: int = 0,
     ) -> tuple[Tensor, list[Tensor]]:
         """DDIM with classifier-free guidance.
 
         `replay(i, t)` gives the latents `(B, ...)` whose `replay_slots` rows overwrite x before step
-        i (timestep t), and the timestep of those rows (None: t, like every other row).
+        i (timestep t), and the timestep of those rows (None: t, like every other row). Steps before
+        `ir_from` run with the processors paused (plain attention).
         """
         scheduler = self.backend.scheduler()
         scheduler.set_timesteps(self.steps)
@@ -367,6 +381,7 @@ class IRDiffusionPipeline:
         extra = {k: torch.cat([uncond[1][k], cond[1][k]]) for k in cond[1]}
         for i, t in enumerate(scheduler.timesteps):
             self.state.step = i
+            self.state.paused = i < ir_from
             timestep: Tensor = t
             if replay is not None:
                 latents, replay_t = replay(i, t)
@@ -381,6 +396,7 @@ class IRDiffusionPipeline:
             eps = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
             x = scheduler.step(eps, t, x).prev_sample
             trajectory.append(x)
+        self.state.paused = False
         return x, trajectory
 
     def _masks(self, images: Tensor, maps: Tensor) -> Tensor:
@@ -494,7 +510,9 @@ class IRDiffusionPipeline:
                 target_boxes=target_boxes,
             )
             start = time.perf_counter()
-            final, _ = self.denoise(init, group_cond, group_uncond, replay=replay, replay_slots=slots)
+            final, _ = self.denoise(
+                init, group_cond, group_uncond, replay=replay, replay_slots=slots, ir_from=self.ir_from
+            )
             generation.seconds[variant] = time.perf_counter() - start
             generation.images[variant] = backend.decode(final.view(p, g, c, lh, lw)[:, s])
         self.state.reset()

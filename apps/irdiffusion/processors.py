@@ -27,7 +27,8 @@ isolation is a real attention mask (not an in-place edit of the hidden states) a
 one threshold with a single meaning (foreground if the normalised map exceeds it).
 
 All state of a generation lives in one `IRState` shared by the processors of a UNet; `reset()`
-clears it between generations. With the state inactive every processor computes exactly what
+clears it between generations. With the state inactive (no settings, or `paused` for the early
+steps the pipeline's `ir_start` leaves to plain attention) every processor computes exactly what
 diffusers' `AttnProcessor2_0` computes.
 """
 
@@ -110,11 +111,14 @@ class IRState:
         self.cross_counts: dict[tuple[int, int], int] = {}
         self.calls = 0
         self.step = 0
+        # set by the pipeline for the steps before `ir_start`: processors act as plain attention,
+        # keeping the layout and the masks cached for the steps after
+        self.paused = False
         self._cache: dict[tuple[int, int], dict[str, Any]] = {}
 
     @property
     def active(self) -> bool:
-        return self.settings is not None and self.num_subjects > 0
+        return self.settings is not None and self.num_subjects > 0 and not self.paused
 
     @property
     def group_size(self) -> int:

@@ -178,6 +178,7 @@ def run_scenes(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         layers=layers,
         attention_backend=str(cfg.attention_backend),
         reference_noise=float(cfg.reference_noise),
+        ir_start=float(cfg.ir_start),
     )
     if not any(p.enabled for p in backend.unet.attn_processors.values()):
         raise ValueError(f"ir_layers: {layers} match none of the UNet's attention layers")
@@ -281,6 +282,7 @@ def _report(
         "steps": int(cfg.steps),
         "guidance_scale": float(cfg.guidance_scale),
         "reference_noise": float(cfg.reference_noise),
+        "ir_start": float(cfg.ir_start),
         "ir_layers": cfg.ir_layers if isinstance(cfg.ir_layers, str) else list(cfg.ir_layers),
         "timing": timing,
         "table": {v: {n: {"mean": m, "std": sd} for n, (m, sd) in ms.items()} for v, ms in table.items()},

@@ -81,6 +81,28 @@ def test_reference_noise_feeds_renoised_references_at_their_own_timestep(tiny_mo
         IRDiffusionPipeline(TinyBackend(tiny_model), reference_noise=1.5)
 
 
+def test_ir_start_runs_the_first_steps_with_plain_attention(tiny_model, test_batch):
+    """ir_start: the final pass's first round(ir_start * steps) steps run with the processors paused."""
+    active = []
+
+    def record(module, args):  # the processors' shared state, installed by the pipeline
+        active.append(next(iter(module.attn_processors.values())).state.active)
+
+    hook = tiny_model.unet.register_forward_pre_hook(record)
+    try:
+        pipe, generation = run_pipeline(tiny_model, test_batch, variants=("vanilla", "both"), ir_start=0.5)
+    finally:
+        hook.remove()
+    assert pipe.ir_from == 1 and active[-pipe.steps :] == [False, True] and not pipe.state.paused
+    assert not torch.allclose(generation.images["vanilla"], generation.images["both"], atol=1e-3)
+    # processors paused for every step: each variant is the vanilla scene (same noise, same prompts)
+    _, plain = run_pipeline(tiny_model, test_batch, ir_start=1.0)
+    for variant in VARIANTS:
+        torch.testing.assert_close(plain.images[variant], plain.images["vanilla"], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="ir_start"):
+        IRDiffusionPipeline(TinyBackend(tiny_model), ir_start=-0.1)
+
+
 def test_boxes_token_maps_and_segmenter():
     masks = torch.zeros(2, 8, 8, dtype=torch.bool)
     masks[0, 2:5, 1:3] = True
