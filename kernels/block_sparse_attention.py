@@ -40,6 +40,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -52,6 +53,8 @@ __all__ = [
     "block_index_from_layout",
     "block_sparse_attention",
     "default_block_size",
+    "default_tiles",
+    "TILE_AREA_SLACK",
     "INTERPRETED",
     "MAX_HEAD_DIM",
 ]
@@ -68,6 +71,25 @@ AllowedFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 def default_block_size(device: torch.device | str) -> int:
     """Tile edge used for layouts: 64 on GPUs, 32 in the interpreter (fewer, larger tiles run faster there)."""
     return 32 if torch.device(device).type == "cpu" else 64
+
+
+# Tile shapes (queries x keys) of the forward, dq and dk/dv passes on GPUs for head dims up to 64,
+# measured per pass on an H100 (bench/kernel_tuning.py --passes, window 1024 at 64k: forward
+# 128 x 64 0.85x the time of 64 x 64, dq 64 x 32 0.84x, dk/dv 64 x 64 best). Larger heads keep
+# 64 x 64 in every pass.
+GPU_TILES: dict[str, tuple[int, int]] = {"forward": (128, 64), "dq": (64, 32), "dkdv": (64, 64)}
+# A pass uses its own tile shape only when its index visits at most this many times the score
+# entries that the base square tiles visit: coarser tiles waste work on masks whose blocks are
+# finer than the tile (PowerAttention with 64-blocks under 128-row tiles).
+TILE_AREA_SLACK = 1.25
+
+
+def default_tiles(device: torch.device | str, head_dim: int) -> dict[str, tuple[int, int]]:
+    """Tile shape of each pass (``forward``, ``dq``, ``dkdv``) before the area check."""
+    base = default_block_size(device)
+    if torch.device(device).type == "cpu" or head_dim > 64:
+        return {kind: (base, base) for kind in ("forward", "dq", "dkdv")}
+    return dict(GPU_TILES)
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,10 @@ class BlockIndex:
     @property
     def n_partial(self) -> int:
         return int((self.row_tile >= 0).sum())
+
+    def visited_entries(self) -> int:
+        """Score entries the kernels visit (active tiles times the tile area), over all mask rows/heads."""
+        return int(self.row_ptr[-1]) * self.block_m * self.block_n
 
     def check(self, batch: int, heads: int, q_len: int, k_len: int, device: torch.device) -> None:
         """Raise ValueError unless the index serves a ``(batch, heads, q_len, k_len)`` call on ``device``."""
@@ -810,11 +836,17 @@ _LAUNCH_OVERRIDES: dict[str, dict[str, int]] = {}
 
 
 @contextlib.contextmanager
-def launch_config(forward: dict[str, int] | None = None, backward: dict[str, int] | None = None):
+def launch_config(
+    forward: dict[str, int] | None = None,
+    backward: dict[str, int] | None = None,
+    dq: dict[str, int] | None = None,
+    dkdv: dict[str, int] | None = None,
+):
     """Run the kernels with other ``num_warps`` / ``num_stages`` (GPU only), e.g. to tune them:
-    ``with launch_config(forward={"num_warps": 8, "num_stages": 3}): ...``."""
+    ``with launch_config(forward={"num_warps": 8, "num_stages": 3}): ...``. ``backward`` sets both
+    backward passes; ``dq`` / ``dkdv`` set one of them."""
     saved = dict(_LAUNCH_OVERRIDES)
-    for name, options in (("forward", forward), ("backward", backward)):
+    for name, options in (("forward", forward), ("backward", backward), ("dq", dq), ("dkdv", dkdv)):
         if options:
             _LAUNCH_OVERRIDES[name] = dict(options)
     try:
@@ -824,18 +856,37 @@ def launch_config(forward: dict[str, int] | None = None, backward: dict[str, int
         _LAUNCH_OVERRIDES.update(saved)
 
 
-def _launch_options(head_dim: int, device: torch.device, kind: str = "forward") -> dict[str, int]:
+def _overrides(kind: str) -> dict[str, int]:
+    """Overrides of one pass; the ``dq`` and ``dkdv`` passes fall back to the ``backward`` ones."""
+    if kind in _LAUNCH_OVERRIDES:
+        return _LAUNCH_OVERRIDES[kind]
+    if kind in ("dq", "dkdv"):
+        return _LAUNCH_OVERRIDES.get("backward", {})
+    return {}
+
+
+def _launch_options(
+    head_dim: int, device: torch.device, kind: str = "forward", tile: tuple[int, int] = (64, 64)
+) -> dict[str, int]:
     if device.type == "cpu":
         return {}
-    # 3 stages measured best for head dim 64 (bench/kernel_tuning.py); 2 keep large heads in shared memory
-    options = {"num_warps": 4 if head_dim <= 64 else 8, "num_stages": 3 if head_dim <= 128 else 2}
-    options.update({k: v for k, v in _LAUNCH_OVERRIDES.get(kind, {}).items() if k != "SKIP_FULL"})
+    # Measured on an H100 (bench/kernel_tuning.py --passes, bench/results/warps_large_heads_cuda.json;
+    # window 1024 at 64k): 4 warps and 3 stages in every pass up to head dim 128 (at 128, 8 warps
+    # took 1.8-1.9x as long); above 128, forward 4 warps / 1 stage, backward 8 warps / 2 stages.
+    del tile  # every default tile shape takes the same launch; kept for tuned overrides per shape
+    if head_dim <= 128:
+        options = {"num_warps": 4, "num_stages": 3}
+    elif kind == "forward":
+        options = {"num_warps": 4, "num_stages": 1}
+    else:
+        options = {"num_warps": 8, "num_stages": 2}
+    options.update({k: v for k, v in _overrides(kind).items() if k != "SKIP_FULL"})
     return options
 
 
 def _skip_full(kind: str) -> bool:
     """Whether full blocks skip the element-mask select (a scalar branch per block)."""
-    return bool(_LAUNCH_OVERRIDES.get(kind, {}).get("SKIP_FULL", SKIP_FULL_DEFAULT))
+    return bool(_overrides(kind).get("SKIP_FULL", SKIP_FULL_DEFAULT))
 
 
 def _head_tiles(head_dim: int, v_dim: int) -> dict[str, int | bool]:
@@ -900,7 +951,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, index: BlockIndex, scale: float) -
         PRECISION=_precision(q.dtype),
         SKIP_FULL=_skip_full("forward"),
         **_head_tiles(D, Dv),
-        **_launch_options(max(D, Dv), q.device),
+        **_launch_options(max(D, Dv), q.device, "forward", (index.block_m, index.block_n)),
     )
     return out, lse
 
@@ -912,24 +963,44 @@ def _backward(
     v: Tensor,
     out: Tensor,
     lse: Tensor,
-    index: BlockIndex,
+    dq_index: BlockIndex,
+    dkdv_index: BlockIndex,
     scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Both backward passes; ``dq_index`` / ``dkdv_index`` may use different tile shapes."""
+    delta, dq = backward_dq(grad_out, q, k, v, out, lse, dq_index, scale)
+    dk, dv = backward_dkdv(grad_out, q, k, v, lse, delta, dkdv_index, scale)
+    return dq, dk, dv
+
+
+def _pass_options(kind: str, index: BlockIndex, q: Tensor, D: int, Dv: int) -> dict[str, Any]:
+    return {
+        "BLOCK_M": index.block_m,
+        "BLOCK_N": index.block_n,
+        "PRECISION": _precision(q.dtype),
+        "SKIP_FULL": _skip_full(kind),
+        **_head_tiles(D, Dv),
+        **_launch_options(max(D, Dv), q.device, kind, (index.block_m, index.block_n)),
+    }
+
+
+def backward_dq(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    index: BlockIndex,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """The ``dq`` pass (one program per query block); returns ``(delta, dq)``, ``delta`` being the
+    row sums of ``out * grad_out`` that the ``dk``/``dv`` pass needs too."""
     B, H, Lq, D = q.shape
     Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
     grad_out = _unit_last(grad_out)
     delta = (out.float() * grad_out.float()).sum(-1).contiguous()
     dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
-    common = {
-        "BLOCK_M": index.block_m,
-        "BLOCK_N": index.block_n,
-        "PRECISION": _precision(q.dtype),
-        "SKIP_FULL": _skip_full("backward"),
-        **_head_tiles(D, Dv),
-        **_launch_options(max(D, Dv), q.device, "backward"),
-    }
     qk_scale = scale * _LOG2E
     b_stride, h_stride = _mask_strides(index, index.n_q_blocks)
     _bwd_dq_kernel[(index.n_q_blocks, B * H)](
@@ -970,8 +1041,28 @@ def _backward(
         h_stride,
         qk_scale,
         scale,
-        **common,
+        **_pass_options("dq", index, q, D, Dv),
     )
+    return delta, dq
+
+
+def backward_dkdv(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lse: Tensor,
+    delta: Tensor,
+    index: BlockIndex,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """The ``dk``/``dv`` pass (one program per key block and key/value head); returns ``(dk, dv)``."""
+    B, H, Lq, D = q.shape
+    Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    grad_out = _unit_last(grad_out)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    qk_scale = scale * _LOG2E
     b_stride, h_stride = _mask_strides(index, index.n_k_blocks)
     _bwd_dkdv_kernel[(index.n_k_blocks, B * Hkv)](
         q,
@@ -1016,31 +1107,47 @@ def _backward(
         h_stride,
         qk_scale,
         scale,
-        **common,
+        **_pass_options("dkdv", index, q, D, Dv),
     )
-    return dq, dk, dv
+    return dk, dv
 
 
 class BlockSparseAttentionFunction(torch.autograd.Function):
     """Autograd wrapper: forward saves ``out`` and the base-2 log-sum-exp ``(B, H, Lq)``."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, index: BlockIndex, scale: float) -> Tensor:
+    def forward(
+        ctx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        index: BlockIndex,
+        scale: float,
+        dq_index: BlockIndex,
+        dkdv_index: BlockIndex,
+    ) -> Tensor:
         out, lse = _forward(q, k, v, index, scale)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.index = index
+        ctx.indexes = (dq_index, dkdv_index)
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(grad_out, q, k, v, out, lse, ctx.index, ctx.scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = _backward(grad_out, q, k, v, out, lse, *ctx.indexes, ctx.scale)
+        return dq, dk, dv, None, None, None, None
 
 
 def block_sparse_attention(
-    q: Tensor, k: Tensor, v: Tensor, index: BlockIndex, scale: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    index: BlockIndex,
+    scale: float | None = None,
+    *,
+    dq_index: BlockIndex | None = None,
+    dkdv_index: BlockIndex | None = None,
 ) -> Tensor:
     """Block-sparse softmax attention with the block lists and element masks of ``index``.
 
@@ -1048,8 +1155,11 @@ def block_sparse_attention(
         q: ``(B, H, Lq, D)``; k: ``(B, Hkv, Lk, D)``; v: ``(B, Hkv, Lk, Dv)``; ``H % Hkv == 0``;
             float16, bfloat16 or float32, all on one CUDA device (or CPU under
             ``TRITON_INTERPRET=1``); ``D, Dv <= 256``.
-        index: from :func:`build_block_index` / :func:`block_index_from_layout` for ``(Lq, Lk)``.
+        index: from :func:`build_block_index` / :func:`block_index_from_layout` for ``(Lq, Lk)``;
+            the forward pass's tiles.
         scale: score scale, default ``1 / sqrt(D)``.
+        dq_index, dkdv_index: indexes of the same mask with the tile shapes of the two backward
+            passes (default ``index``). Any tile shapes give the same result; they change speed only.
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of ``q``; rows with no allowed key are zeros.
@@ -1075,8 +1185,16 @@ def block_sparse_attention(
         )
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         raise ValueError("Triton's interpreter computes bfloat16 tl.dot wrongly; use float16/float32 on CPU")
-    index.check(B, H, Lq, Lk, q.device)
+    dq_index = index if dq_index is None else dq_index
+    dkdv_index = index if dkdv_index is None else dkdv_index
+    for name, idx in (("index", index), ("dq_index", dq_index), ("dkdv_index", dkdv_index)):
+        if idx.mask_batch != index.mask_batch or idx.mask_heads != index.mask_heads:
+            raise ValueError(
+                f"{name} has mask batch/heads ({idx.mask_batch}, {idx.mask_heads}), "
+                f"index has ({index.mask_batch}, {index.mask_heads}): build all three from one mask"
+            )
+        idx.check(B, H, Lq, Lk, q.device)
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-    return BlockSparseAttentionFunction.apply(q, k, v, index, float(scale))
+    return BlockSparseAttentionFunction.apply(q, k, v, index, float(scale), dq_index, dkdv_index)

@@ -24,7 +24,7 @@ import torch
 from shared_attention.backends.base import YES, AttentionCall, Backend, Support, no
 from shared_attention.masks import AndMask, MaskSpec, _cached
 
-__all__ = ["TritonBackend", "block_index_for", "AUTO_MIN_SCORES"]
+__all__ = ["TritonBackend", "block_index_for", "pass_indexes", "AUTO_MIN_SCORES"]
 
 _KERNEL_MODULE = "kernels.block_sparse_attention"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -63,17 +63,24 @@ def block_index_for(
     Lk: int,
     device: torch.device,
     block_size: int | None = None,
+    *,
+    tile: tuple[int, int] | None = None,
 ):
     """The kernel's ``BlockIndex`` for ``mask`` on a ``(B, H, Lq, Lk)`` score matrix, cached.
 
-    The index distinguishes batch rows / heads only when the spec depends on them.
+    ``tile`` is ``(block_m, block_n)``; default square tiles of ``block_size`` (default: the
+    kernels' ``default_block_size``). The index distinguishes batch rows / heads only when the
+    spec depends on them.
     """
     kernels = _kernels()
-    block = block_size or kernels.default_block_size(device)
+    if tile is None:
+        block = block_size or kernels.default_block_size(device)
+        tile = (block, block)
+    block_m, block_n = tile
     if mask is None:
         return _cached(
-            ("triton_index_full", Lq, Lk, block, device),
-            lambda: kernels.build_block_index(None, Lq, Lk, block_m=block, block_n=block, device=device),
+            ("triton_index_full", Lq, Lk, tile, device),
+            lambda: kernels.build_block_index(None, Lq, Lk, block_m=block_m, block_n=block_n, device=device),
             Lq,
             Lk,
         )
@@ -87,12 +94,39 @@ def block_index_for(
             Lk,
             mask_batch=mask_batch,
             mask_heads=mask_heads,
-            block_m=block,
-            block_n=block,
+            block_m=block_m,
+            block_n=block_n,
             device=device,
         )
 
-    return _cached((mask, "triton_index", mask_batch, mask_heads, Lq, Lk, block, device), build, Lq, Lk)
+    return _cached((mask, "triton_index", mask_batch, mask_heads, Lq, Lk, tile, device), build, Lq, Lk)
+
+
+def pass_indexes(
+    mask: MaskSpec | None, B: int, H: int, Lq: int, Lk: int, device: torch.device, head_dim: int
+):
+    """``(forward, dq, dkdv)`` indexes: each pass gets the tile shape of ``default_tiles`` unless
+    that visits more than ``TILE_AREA_SLACK`` times the entries of the base square tiles (then the
+    base index). The choice is cached with the indexes."""
+    kernels = _kernels()
+    base_edge = kernels.default_block_size(device)
+    plan = kernels.default_tiles(device, head_dim)
+
+    def choose():
+        base = block_index_for(mask, B, H, Lq, Lk, device, tile=(base_edge, base_edge))
+        chosen = []
+        for kind in ("forward", "dq", "dkdv"):
+            tile = plan[kind]
+            if tile == (base_edge, base_edge):
+                chosen.append(base)
+                continue
+            index = block_index_for(mask, B, H, Lq, Lk, device, tile=tile)
+            slack = kernels.TILE_AREA_SLACK * base.visited_entries()
+            chosen.append(index if index.visited_entries() <= slack else base)
+        return tuple(chosen)
+
+    key = ("triton_pass_indexes", mask, B if mask is not None else 0, H, Lq, Lk, device, tuple(plan.items()))
+    return _cached(key, choose, Lq, Lk)
 
 
 class TritonBackend(Backend):
@@ -144,6 +178,6 @@ class TritonBackend(Backend):
         )
 
     def run(self, q, k, v, mask, scale, dropout_p, need_weights):
-        B, H, Lq, _ = q.shape
-        index = block_index_for(mask, B, H, Lq, k.shape[2], q.device)
-        return _kernels().block_sparse_attention(q, k, v, index, scale)
+        B, H, Lq, D = q.shape
+        forward, dq, dkdv = pass_indexes(mask, B, H, Lq, k.shape[2], q.device, max(D, v.shape[3]))
+        return _kernels().block_sparse_attention(q, k, v, forward, scale, dq_index=dq, dkdv_index=dkdv)

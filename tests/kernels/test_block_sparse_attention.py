@@ -399,3 +399,121 @@ def test_gpu_matches_math(dtype, mask):
     torch.testing.assert_close(out.float(), reference.float(), atol=2e-2, rtol=2e-2)
     for got, want in zip(grads_of([out], (q, k, v)), grads_of([reference], (q, k, v))):
         torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)
+
+
+# (forward, dq, dkdv) tile shapes, queries x keys
+TILE_PLANS = {
+    "tall_fwd": ((32, 16), (16, 16), (16, 16)),
+    "mixed": ((32, 16), (32, 16), (16, 32)),
+    "wide": ((16, 32), (16, 32), (32, 16)),
+}
+
+
+@pytest.mark.parametrize("plan", list(TILE_PLANS))
+@pytest.mark.parametrize(
+    "mask",
+    [
+        SlidingWindow(9),
+        SinkWindow(2, 11),
+        PowerAttention(block_size=8, window=2, sinks=1),
+        AndMask(Causal(), KeyPadding(torch.tensor([37, 23]))),
+    ],
+    ids=["window", "sink_window", "power", "causal_padding"],
+)
+def test_each_pass_may_use_its_own_tile_shape(plan, mask):
+    """Forward, dq and dk/dv with different (non-square) tiles give the math backend's values and
+    gradients, with ragged edges (37 queries and keys) and grouped heads."""
+    from kernels.block_sparse_attention import block_sparse_attention
+
+    B, H, Hkv, L = 2, 4, 2, 37
+    q, k, v = random_inputs((B, H, L, 16), (B, Hkv, L, 16), (B, Hkv, L, 8), device=DEVICE, seed=21)
+    forward, dq, dkdv = (block_index_for(mask, B, H, L, L, q.device, tile=tile) for tile in TILE_PLANS[plan])
+    out = block_sparse_attention(q, k, v, forward, dq_index=dq, dkdv_index=dkdv)
+    reference = attention(q, k, v, mask=mask, backend="math")
+    torch.testing.assert_close(out, reference, atol=2e-5, rtol=1e-4)
+    for got, want in zip(grads_of([out], (q, k, v)), grads_of([reference], (q, k, v))):
+        torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-4)
+
+
+def test_indexes_of_other_masks_are_refused():
+    from kernels.block_sparse_attention import block_sparse_attention
+
+    q, k, v = random_inputs((2, 2, 20, 16), (2, 2, 20, 16), (2, 2, 20, 16), device=DEVICE, seed=3)
+    index = block_index_for(Causal(), 2, 2, 20, 20, q.device, 16)
+    padded = block_index_for(KeyPadding(torch.tensor([20, 11])), 2, 2, 20, 20, q.device, 16)
+    with pytest.raises(ValueError, match="dkdv_index has mask batch/heads"):
+        block_sparse_attention(q, k, v, index, dkdv_index=padded)
+    other_length = block_index_for(Causal(), 2, 2, 24, 24, q.device, 16)
+    with pytest.raises(ValueError, match="built for Lq=24"):
+        block_sparse_attention(q, k, v, index, dq_index=other_length)
+
+
+def test_passes_take_coarser_tiles_only_where_they_waste_little(monkeypatch):
+    """``pass_indexes`` keeps the base tiles for a pass whose own tiles would visit more than
+    ``TILE_AREA_SLACK`` times the entries (PowerAttention's 8-blocks under 32-row tiles), and the
+    result of the backend is the math backend's either way."""
+    import kernels.block_sparse_attention as bsa
+    from shared_attention.backends.triton import pass_indexes
+    from shared_attention.masks import clear_mask_cache
+
+    base = bsa.default_block_size(DEVICE)
+    coarse = (2 * base, base)
+    monkeypatch.setattr(
+        bsa, "default_tiles", lambda device, head_dim: dict.fromkeys(("forward", "dq", "dkdv"), coarse)
+    )
+    clear_mask_cache()
+    L = 8 * base
+    window = SlidingWindow(3 * base)
+    power = PowerAttention(block_size=8, window=1, sinks=1)
+    chosen_window = pass_indexes(window, 1, 2, L, L, torch.device(DEVICE), 16)
+    chosen_power = pass_indexes(power, 1, 2, L, L, torch.device(DEVICE), 16)
+    assert all((i.block_m, i.block_n) == coarse for i in chosen_window)
+    assert all((i.block_m, i.block_n) == (base, base) for i in chosen_power)
+    coarse_power = block_index_for(power, 1, 2, L, L, torch.device(DEVICE), tile=coarse)
+    assert coarse_power.visited_entries() > bsa.TILE_AREA_SLACK * chosen_power[0].visited_entries()
+    q, k, v = random_inputs((1, 2, L, 16), (1, 2, L, 16), (1, 2, L, 16), device=DEVICE, seed=8)
+    out = attention(q, k, v, mask=window, backend="triton")
+    torch.testing.assert_close(out, attention(q, k, v, mask=window, backend="math"), atol=2e-5, rtol=1e-4)
+    clear_mask_cache()
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(
+    "tiles",
+    [((128, 128), (128, 64), (64, 128)), ((128, 64), (128, 64), (64, 128)), ((64, 64), (64, 64), (64, 64))],
+    ids=["fwd128x128", "fwd128x64", "square64"],
+)
+@pytest.mark.parametrize(
+    "mask",
+    [SlidingWindow(256), SinkWindow(64, 256), PowerAttention(block_size=64, window=2, sinks=1), Causal()],
+    ids=lambda m: type(m).__name__,
+)
+def test_gpu_tile_plans_match_math(tiles, mask):
+    from kernels.block_sparse_attention import block_sparse_attention
+
+    q, k, v = random_inputs(
+        (2, 8, 1000, 64), (2, 4, 1000, 64), (2, 4, 1000, 64), device="cuda", dtype=torch.bfloat16
+    )
+    forward, dq, dkdv = (block_index_for(mask, 2, 8, 1000, 1000, q.device, tile=t) for t in tiles)
+    out = block_sparse_attention(q, k, v, forward, dq_index=dq, dkdv_index=dkdv)
+    reference = attention(q, k, v, mask=mask, backend="math")
+    torch.testing.assert_close(out.float(), reference.float(), atol=2e-2, rtol=2e-2)
+    for got, want in zip(grads_of([out], (q, k, v)), grads_of([reference], (q, k, v))):
+        torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dim", [96, 128, 256])
+def test_gpu_large_heads_match_math(dim):
+    """Head dims above 64 take other launch settings (and 256 other stages per pass)."""
+    mask = SinkWindow(16, 200)
+    q, k, v = random_inputs(
+        (1, 4, 600, dim), (1, 2, 600, dim), (1, 2, 600, dim), device="cuda", dtype=torch.bfloat16
+    )
+    out = attention(q, k, v, mask=mask, backend="triton")
+    reference = attention(q, k, v, mask=mask, backend="math")
+    torch.testing.assert_close(out.float(), reference.float(), atol=2e-2, rtol=2e-2)
+    for got, want in zip(grads_of([out], (q, k, v)), grads_of([reference], (q, k, v))):
+        torch.testing.assert_close(got.float(), want.float(), atol=5e-2, rtol=5e-2)
