@@ -563,6 +563,7 @@ def _bwd_dq_kernel(
     K,
     V,
     DO,
+    OUT,
     DQ,
     LSE,
     DELTA,
@@ -583,6 +584,9 @@ def _bwd_dq_kernel(
     stride_dob,
     stride_doh,
     stride_dom,
+    stride_ob,
+    stride_oh,
+    stride_om,
     stride_dqb,
     stride_dqh,
     stride_dqm,
@@ -625,7 +629,11 @@ def _bwd_dq_kernel(
     q = _load_rows(q_base, offs_m, offs_d, stride_qm, q_len, head_dim, True, EVEN_D)
     do = _load_rows(do_base, offs_m, tl.arange(0, BLOCK_DV), stride_dom, q_len, v_dim, True, EVEN_D)
     lse = tl.load(LSE + bh.to(tl.int64) * q_len + offs_m, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + bh.to(tl.int64) * q_len + offs_m, mask=row_ok, other=0.0)
+    # delta = rowsum(out * grad_out), computed here and stored for the dk/dv pass (which runs after)
+    o_base = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    o = _load_rows(o_base, offs_m, tl.arange(0, BLOCK_DV), stride_om, q_len, v_dim, True, EVEN_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * q_len + offs_m, delta, mask=row_ok)
     k_base = K + b.to(tl.int64) * stride_kb + hkv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + hkv.to(tl.int64) * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -999,7 +1007,8 @@ def backward_dq(
     B, H, Lq, D = q.shape
     Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
     grad_out = _unit_last(grad_out)
-    delta = (out.float() * grad_out.float()).sum(-1).contiguous()
+    out = _unit_last(out)
+    delta = torch.empty(B, H, Lq, device=q.device, dtype=torch.float32)
     dq = torch.empty_like(q)
     qk_scale = scale * _LOG2E
     b_stride, h_stride = _mask_strides(index, index.n_q_blocks)
@@ -1008,6 +1017,7 @@ def backward_dq(
         k,
         v,
         grad_out,
+        out,
         dq,
         lse,
         delta,
@@ -1028,6 +1038,9 @@ def backward_dq(
         grad_out.stride(0),
         grad_out.stride(1),
         grad_out.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
         dq.stride(0),
         dq.stride(1),
         dq.stride(2),
