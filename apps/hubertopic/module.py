@@ -10,7 +10,8 @@ Loss (every term a mean, so λ weighs comparable scales):
 - `feature_penalty`: mean square of the conv features (`feature_penalty_weight`, 10 in fairseq);
 - `L_topic`: HuBERTopic's topic classification, mean over utterances: cross-entropy with the hard
   topic label, or with the soft LDA distribution θ_u (`−Σ_t θ_u,t log p_t`); `λ = topic_weight`
-  (0: plain HuBERT).
+  (0: plain HuBERT). With `topic_ramp_epochs = r > 0`, λ rises linearly from 0 to its value over
+  the first r epochs of training (per step), so masked prediction learns first.
 
 Test = the probes of `probes.py` on the test split (every utterance with speaker / gender / theme /
 transcript): utterance probes on mean-pooled features of every layer (headline: `probe_layer`),
@@ -62,6 +63,7 @@ class HuBERTopicModule(BaseModule):
 
     Args:
         topic_weight: λ of the topic loss (0: HuBERT).
+        topic_ramp_epochs: epochs over which λ rises linearly from 0 (0: λ from the first step).
         unmasked_weight, feature_penalty_weight: see the module docstring.
         probe_layer: Transformer layer (1-based, negative from the end) of the headline probes.
         probe_test_fraction: share of utterances (by a hash of the id) the probes are scored on.
@@ -76,6 +78,7 @@ class HuBERTopicModule(BaseModule):
         scheduler: Callable[..., Any] | None = None,
         model_config: dict[str, Any] | None = None,
         topic_weight: float = 0.0,
+        topic_ramp_epochs: float = 0.0,
         unmasked_weight: float = 0.0,
         feature_penalty_weight: float = 10.0,
         probe_layer: int = -1,
@@ -84,7 +87,10 @@ class HuBERTopicModule(BaseModule):
         plots: bool = True,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
+        if topic_ramp_epochs < 0:
+            raise ValueError(f"app.module.topic_ramp_epochs must be >= 0, got {topic_ramp_epochs}")
         self.topic_weight = topic_weight
+        self.topic_ramp_epochs = topic_ramp_epochs
         self.unmasked_weight = unmasked_weight
         self.feature_penalty_weight = feature_penalty_weight
         self.probe_layer = probe_layer
@@ -94,6 +100,20 @@ class HuBERTopicModule(BaseModule):
         self._collected: dict[str, list[Any]] = {}
 
     # ------------------------------------------------------------------ training
+    def _epoch_progress(self) -> float:
+        """Training epochs done so far, fractional (optimizer steps / steps per epoch)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.max_epochs or trainer.max_epochs < 1:
+            return float("inf")
+        steps_per_epoch = trainer.estimated_stepping_batches / trainer.max_epochs
+        return self.global_step / max(steps_per_epoch, 1.0)
+
+    def current_topic_weight(self) -> float:
+        """λ at this point of training: `topic_weight`, ramped over `topic_ramp_epochs`."""
+        if not self.topic_ramp_epochs:
+            return self.topic_weight
+        return self.topic_weight * min(1.0, self._epoch_progress() / self.topic_ramp_epochs)
+
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         out = self.model(batch["waveforms"], batch["units"], batch["lengths"])
         mask_loss, mask_acc = masked_prediction_loss(out["logit_m"])
@@ -112,8 +132,10 @@ class HuBERTopicModule(BaseModule):
             result["topic_loss"] = topic_loss(out["topic_logits"], targets)
             hard = targets if targets.dim() == 1 else targets.argmax(dim=-1)
             result["topic_acc"] = (out["topic_logits"].argmax(dim=-1) == hard).float().mean()
-            if self.topic_weight:
-                total = total + self.topic_weight * result["topic_loss"]
+            weight = self.current_topic_weight()
+            if weight:
+                total = total + weight * result["topic_loss"]
+            result["topic_weight"] = torch.tensor(weight)
         result["loss"] = total
         return result
 

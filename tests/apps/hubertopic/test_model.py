@@ -126,3 +126,27 @@ def test_export_parity_on_several_lengths(tmp_path: Path):
     assert report["ok"]
     shapes = {tuple(s[0]) for g in report["graphs"] for s in g["input_shapes"]}
     assert len({s[1] for s in shapes}) >= 3 and {s[0] for s in shapes} == {1, 2, 3}
+
+
+def test_topic_weight_ramps_up_over_the_first_epochs(monkeypatch):
+    model = tiny()
+    data = batch()
+    module = HuBERTopicModule(
+        model, optimizer=partial(torch.optim.Adam, lr=1e-3), topic_weight=0.4, topic_ramp_epochs=2
+    )
+    for progress, weight in ((0.0, 0.0), (0.5, 0.1), (1.0, 0.2), (2.0, 0.4), (5.0, 0.4)):
+        monkeypatch.setattr(module, "_epoch_progress", lambda progress=progress: progress)
+        assert module.current_topic_weight() == pytest.approx(weight)
+        losses = module.losses(data)
+        expected = losses["mask_loss"] + 10.0 * losses["feature_penalty"] + weight * losses["topic_loss"]
+        assert torch.allclose(losses["loss"], expected)
+        assert losses["topic_weight"].item() == pytest.approx(weight)
+    # outside a Trainer the full weight applies
+    assert (
+        HuBERTopicModule(
+            model, optimizer=torch.optim.Adam, topic_weight=0.4, topic_ramp_epochs=2
+        ).current_topic_weight()
+        == 0.4
+    )
+    with pytest.raises(ValueError, match="topic_ramp_epochs"):
+        HuBERTopicModule(model, optimizer=torch.optim.Adam, topic_ramp_epochs=-1)
