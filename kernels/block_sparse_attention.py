@@ -873,15 +873,12 @@ def _overrides(kind: str) -> dict[str, int]:
     return {}
 
 
-def _launch_options(
-    head_dim: int, device: torch.device, kind: str = "forward", tile: tuple[int, int] = (64, 64)
-) -> dict[str, int]:
+def _launch_options(head_dim: int, device: torch.device, kind: str = "forward") -> dict[str, int]:
     if device.type == "cpu":
         return {}
     # Measured on an H100 (bench/kernel_tuning.py --passes, bench/results/warps_large_heads_cuda.json;
     # window 1024 at 64k): 4 warps and 3 stages in every pass up to head dim 128 (at 128, 8 warps
     # took 1.8-1.9x as long); above 128, forward 4 warps / 1 stage, backward 8 warps / 2 stages.
-    del tile  # every default tile shape takes the same launch; kept for tuned overrides per shape
     if head_dim <= 128:
         options = {"num_warps": 4, "num_stages": 3}
     elif kind == "forward":
@@ -959,7 +956,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, index: BlockIndex, scale: float) -
         PRECISION=_precision(q.dtype),
         SKIP_FULL=_skip_full("forward"),
         **_head_tiles(D, Dv),
-        **_launch_options(max(D, Dv), q.device, "forward", (index.block_m, index.block_n)),
+        **_launch_options(max(D, Dv), q.device, "forward"),
     )
     return out, lse
 
@@ -988,7 +985,7 @@ def _pass_options(kind: str, index: BlockIndex, q: Tensor, D: int, Dv: int) -> d
         "PRECISION": _precision(q.dtype),
         "SKIP_FULL": _skip_full(kind),
         **_head_tiles(D, Dv),
-        **_launch_options(max(D, Dv), q.device, kind, (index.block_m, index.block_n)),
+        **_launch_options(max(D, Dv), q.device, kind),
     }
 
 
