@@ -395,6 +395,12 @@ def main() -> None:
             if hasattr(dynamo_config, knob):
                 setattr(dynamo_config, knob, max(256, getattr(dynamo_config, knob)))
         report["peak_tflops"] = _peak(torch.cuda.get_device_name())
+        import kernels.block_sparse_attention as bsa
+
+        # tile shape per pass (queries x keys) of the triton backend, before its area check
+        report["triton_tiles"] = {
+            kind: list(tile) for kind, tile in bsa.default_tiles(torch.device("cuda"), args.dim).items()
+        }
         report["block_sparse"] = []
         report["linear"] = []
         if args.backends:
