@@ -49,9 +49,16 @@ def _time(q, k, v, grad, mask, backend: str, device: torch.device, repeats: int)
     return result
 
 
+def _release() -> None:
+    from shared_attention.masks import clear_mask_cache
+
+    clear_mask_cache()
+    torch.cuda.empty_cache()
+
+
 def launch_sweep(length: int, repeats: int) -> list[dict]:
     import kernels.block_sparse_attention as bsa
-    from shared_attention.masks import SinkWindow, SlidingWindow, clear_mask_cache
+    from shared_attention.masks import SinkWindow, SlidingWindow
 
     device, cases = torch.device("cuda"), []
     for dim in (128, 256):
@@ -69,13 +76,12 @@ def launch_sweep(length: int, repeats: int) -> list[dict]:
                     print(case, flush=True)
                     cases.append(case)
             del q, k, v, grad
-            clear_mask_cache()
-            torch.cuda.empty_cache()
+            _release()
     return cases
 
 
 def defaults_vs_flex(length: int, repeats: int) -> list[dict]:
-    from shared_attention.masks import SlidingWindow, clear_mask_cache
+    from shared_attention.masks import SlidingWindow
 
     device, cases = torch.device("cuda"), []
     for dim in (128, 256):
@@ -89,8 +95,7 @@ def defaults_vs_flex(length: int, repeats: int) -> list[dict]:
             print(case, flush=True)
             cases.append(case)
         del q, k, v, grad
-        clear_mask_cache()
-        torch.cuda.empty_cache()
+        _release()
     return cases
 
 
