@@ -22,6 +22,7 @@ gets `probes.json`, `topic_contingency.png` and `probe_scores.png`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,14 @@ class HuBERTopicModule(BaseModule):
 
     # ------------------------------------------------------------------ training
     def _epoch_progress(self) -> float:
-        """Training epochs done so far, fractional (optimizer steps / steps per epoch)."""
+        """Training epochs done so far, fractional (optimizer steps / steps per epoch); from the
+        batches of one epoch, so it also holds for runs bounded by `max_time` or `max_steps`."""
         trainer = self._trainer
-        if trainer is None or not trainer.max_epochs or trainer.max_epochs < 1:
+        batches = trainer.num_training_batches if trainer is not None else float("inf")
+        if not math.isfinite(batches) or batches < 1:
             return float("inf")
-        steps_per_epoch = trainer.estimated_stepping_batches / trainer.max_epochs
-        return self.global_step / max(steps_per_epoch, 1.0)
+        steps_per_epoch = max(1.0, batches / trainer.accumulate_grad_batches)
+        return self.global_step / steps_per_epoch
 
     def current_topic_weight(self) -> float:
         """λ at this point of training: `topic_weight`, ramped over `topic_ramp_epochs`."""
