@@ -16,6 +16,11 @@ is ours (``ClassSemanticsAttention``; ``σ`` the logistic sigmoid):
   features with ``C_in / reduction`` hidden units;
 - temporal logits ``a_t = conv₁ₓ₁(ReLU(conv_k(R)))`` — ``(B, T)``; a 1-D convolution over time
   (kernel ``temporal_kernel_size``, ``C_in / reduction`` channels) then a per-snippet projection;
+  with ``temporal_context=video`` the convolution reads ``[R ; R ⊙ mean_t R]`` (``2 C_in``
+  channels) instead: each snippet's semantics beside their agreement, channel by channel, with the
+  video's average semantics, so a moment can be scored by how well it matches the classes the
+  whole video is about (a short run of another class in the background does not) — the "temporal
+  distribution of semantics of action classes present in an input video" the paper learns from;
 - gating ``g(X, w) = X + X ⊙ w`` when ``residual`` (default) or ``X ⊙ w`` otherwise; with
   ``centered`` ``g(X, w) = X ⊙ w / w₀`` instead, ``w₀`` the fused weight at zero logits (½, or ¼ for
   ``parallel_mul``'s product), so a branch's gate is ``2σ(a) = 1 + tanh(a / 2)`` in (0, 2): the exact
@@ -89,6 +94,7 @@ def _drop_sample_mask(module: nn.Module, state_dict: dict[str, Any], prefix: str
 
 FUSIONS = ("sequential", "parallel_sum", "parallel_mul", "parallel_outputs")
 BRANCHES = ("both", "channel", "temporal")
+TEMPORAL_CONTEXTS = ("none", "video")
 HEADS = ("all", "boundary", "proposal")
 LAST_LAYER_WEIGHT_SCALE = 0.1
 
@@ -118,6 +124,8 @@ class ClassSemanticsAttention(nn.Module):
         branches: ``both`` (default), or only the ``channel`` or the ``temporal`` branch (the
             ablation of each; the other branch is not built, its weights are ``None`` and ``fusion``
             is moot: the one gate is applied alone).
+        temporal_context: ``none`` (default: the temporal branch sees ``R`` alone) or ``video``
+            (it sees ``[R ; R ⊙ mean_t R]``, each snippet against the video's average semantics).
     """
 
     def __init__(
@@ -131,8 +139,13 @@ class ClassSemanticsAttention(nn.Module):
         init_logit: float | None = 4.0,
         centered: bool = False,
         branches: str = "both",
+        temporal_context: str = "none",
     ) -> None:
         super().__init__()
+        if temporal_context not in TEMPORAL_CONTEXTS:
+            raise ValueError(
+                f"app.model.temporal_context must be one of {TEMPORAL_CONTEXTS}, got {temporal_context!r}"
+            )
         if fusion not in FUSIONS:
             raise ValueError(f"app.model.fusion must be one of {FUSIONS}, got {fusion!r}")
         if branches not in BRANCHES:
@@ -145,6 +158,7 @@ class ClassSemanticsAttention(nn.Module):
             )
         self.fusion = fusion if branches == "both" else "sequential"
         self.branches = branches
+        self.temporal_context = temporal_context
         self.residual = residual
         self.centered = centered
         # fused weight at zero logits: the centered gate divides by it (identity at the start)
@@ -157,7 +171,12 @@ class ClassSemanticsAttention(nn.Module):
         )
         self.temporal_conv = (
             nn.Sequential(
-                nn.Conv1d(input_dim, hidden, temporal_kernel_size, padding=temporal_kernel_size // 2),
+                nn.Conv1d(
+                    input_dim * (2 if temporal_context == "video" else 1),
+                    hidden,
+                    temporal_kernel_size,
+                    padding=temporal_kernel_size // 2,
+                ),
                 nn.ReLU(inplace=True),
                 nn.Conv1d(hidden, 1, kernel_size=1),
             )
@@ -179,8 +198,12 @@ class ClassSemanticsAttention(nn.Module):
         """Channel logits ``(B, C_f)`` and temporal logits ``(B, T)`` from ``semantics (B, C_in, T)``
         (``None`` for a branch that is not built)."""
         channel = None if self.channel_mlp is None else self.channel_mlp(semantics.mean(dim=2))
-        temporal = None if self.temporal_conv is None else self.temporal_conv(semantics).squeeze(1)
-        return channel, temporal
+        if self.temporal_conv is None:
+            return channel, None
+        temporal_input = semantics
+        if self.temporal_context == "video":
+            temporal_input = torch.cat([semantics, semantics * semantics.mean(dim=2, keepdim=True)], dim=1)
+        return channel, self.temporal_conv(temporal_input).squeeze(1)
 
     def _gate(self, features: Tensor, weights: Tensor, neutral: float = 0.5) -> Tensor:
         if self.centered:
@@ -253,7 +276,8 @@ class BMNCSA(nn.Module):
         temporal_dim: snippets ``T`` per video (BMN's ``temporal_dim``, 100 on ActivityNet); fixed by
             BMN's sampling mask, so inputs must have exactly ``T`` snippets.
         feat_dim: input channels ``C_in`` (400 for the TSN features).
-        fusion, residual, reduction, temporal_kernel_size, init_logit, centered, branches: CSA's options
+        fusion, residual, reduction, temporal_kernel_size, init_logit, centered, branches,
+            temporal_context: CSA's options
             (``ClassSemanticsAttention``).
         csa_heads: which of BMN's heads see CSA's re-weighted features: ``all`` (default), only the
             ``boundary`` heads (temporal evaluation: start and end) or only the ``proposal`` head
@@ -280,6 +304,7 @@ class BMNCSA(nn.Module):
         init_logit: float | None = 4.0,
         centered: bool = False,
         branches: str = "both",
+        temporal_context: str = "none",
         csa_heads: str = "all",
         se_reduction: int = 16,
         boundary_ratio: float = 0.5,
@@ -338,6 +363,7 @@ class BMNCSA(nn.Module):
                 init_logit,
                 centered,
                 branches,
+                temporal_context,
             )
             if attention in ("csa", "csa_se")
             else None

@@ -31,12 +31,14 @@ from apps.hubertopic.audio import MFCC_HOP, MODEL_HOP, align_labels, load_audio,
 from apps.hubertopic.corpus import CORPUS_DIR, CorpusConfig, build_corpus
 from apps.hubertopic.formats import Utterance, read_librispeech, read_manifest
 from apps.hubertopic.labels import (
+    ORACLE_FIELDS,
     TOPIC_DOCUMENTS,
     Topics,
     UnitLabels,
     compute_features,
     fit_topics,
     fit_units,
+    metadata_topics,
 )
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,9 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             (iteration 2: a trained model and its 1-based Transformer layer), `max_fit_frames`.
         topics: `num_topics` (T), `ngram`, `targets` (`hard` | `soft`), `max_iter` (LDA),
             `documents` (`counts` | `speaker_residual`: each utterance's units minus its speaker's
-            usual profile, see `labels.speaker_residual`).
+            usual profile, see `labels.speaker_residual`), `oracle` (null, or `speaker` | `gender`
+            | `theme`: one-hot topics from that metadata field instead of LDA, a diagnostic upper
+            bound; `num_topics` must equal the number of its values).
         max_seconds: training crop length (validation and probes use whole utterances).
         valid_fraction: validation share when splitting a LibriSpeech folder by utterance id.
     """
@@ -182,6 +186,7 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             "targets": "hard",
             "max_iter": 50,
             "documents": "counts",
+            "oracle": None,
             **dict(topics or {}),
         }
         if self.label_cfg["source"] not in ("mfcc", "model"):
@@ -196,6 +201,11 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             raise ValueError(
                 f"app.data.topics.documents: expected one of {TOPIC_DOCUMENTS}, "
                 f"got {self.topic_cfg['documents']!r}"
+            )
+        if self.topic_cfg["oracle"] is not None and self.topic_cfg["oracle"] not in ORACLE_FIELDS:
+            raise ValueError(
+                f"app.data.topics.oracle: expected null or one of {ORACLE_FIELDS}, "
+                f"got {self.topic_cfg['oracle']!r}"
             )
         if self.topic_cfg["targets"] not in TOPIC_TARGETS:
             raise ValueError(
@@ -303,6 +313,12 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             units = UnitLabels(labels, hop, int(self.label_cfg["num_classes"]))
             units.save(units_path)
             log.info("unit labels (%s, K=%d) in %s", self.label_cfg["source"], units.num_classes, units_path)
+        oracle = self.topic_cfg["oracle"]
+        if oracle is not None:
+            values = {u.utt_id: u.meta.get(oracle, "") for u in utts}
+            topics = metadata_topics(values, oracle, int(self.topic_cfg["num_topics"]))
+            self.units, self.topics = units, topics
+            return
         topic_cfg = {k: self.topic_cfg[k] for k in ("num_topics", "ngram", "max_iter")}
         if self.topic_cfg["documents"] != "counts":  # the default keeps the digest of earlier caches
             topic_cfg["documents"] = self.topic_cfg["documents"]

@@ -143,6 +143,35 @@ class Topics:
 
 
 TOPIC_DOCUMENTS = ("counts", "speaker_residual")
+ORACLE_FIELDS = ("speaker", "gender", "theme")
+"""Corpus metadata that `metadata_topics` can turn into topic labels (a diagnostic, not the method)."""
+
+
+def metadata_topics(values: dict[str, str], field: str, num_topics: int) -> Topics:
+    """One-hot "topics" from a metadata field of every utterance (`values`: utterance id -> value).
+
+    An upper-bound diagnostic for the topic loss: what HuBERTopic would learn if its topic labels
+    were exactly the speaker, gender or theme. Topics are the sorted distinct values; `num_topics`
+    must equal their number (the topic head is sized from it before the labels are built).
+    """
+    missing = sorted(u for u, v in values.items() if not v)
+    if missing:
+        raise ValueError(
+            f"app.data.topics.oracle={field}: {len(missing)} utterance(s) have no {field!r} in the "
+            f"corpus metadata, e.g. {missing[0]}"
+        )
+    names = sorted(set(values.values()))
+    if len(names) != num_topics:
+        raise ValueError(
+            f"app.data.topics.oracle={field}: the corpus has {len(names)} distinct {field} values, "
+            f"so app.data.topics.num_topics must be {len(names)} (got {num_topics})"
+        )
+    utt_ids = sorted(values)
+    index = {name: i for i, name in enumerate(names)}
+    theta = np.zeros((len(utt_ids), len(names)))
+    theta[np.arange(len(utt_ids)), [index[values[u]] for u in utt_ids]] = 1.0
+    log.info("oracle topics from %s: %d utterances, %d values", field, len(utt_ids), len(names))
+    return Topics(utt_ids, theta, float("nan"))
 
 
 def speaker_residual(counts: sparse.csr_matrix, speakers: Sequence[str]) -> sparse.csr_matrix:

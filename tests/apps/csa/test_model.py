@@ -290,3 +290,31 @@ def test_onnx_export_parity_in_a_fresh_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True]
     assert "MultiScaleDeformableAttention" not in proc.stderr
+
+
+def test_video_context_scores_snippets_against_the_video_mean(tmp_path):
+    semantics, encoded = _csa_inputs(4)
+    with pytest.raises(ValueError, match="app.model.temporal_context"):
+        ClassSemanticsAttention(40, 24, temporal_context="global")
+    torch.manual_seed(0)
+    csa = ClassSemanticsAttention(40, 24, reduction=4, centered=True, temporal_context="video")
+    assert csa.temporal_conv[0].in_channels == 80
+    _, temporal = csa.logits(semantics)
+    # the logits are the plain branch's convolution of [R ; R * mean_t R]
+    conv = csa.temporal_conv
+    expected = conv(torch.cat([semantics, semantics * semantics.mean(dim=2, keepdim=True)], dim=1)).squeeze(1)
+    torch.testing.assert_close(temporal, expected)
+    # a snippet's score depends on the rest of the video, unlike the plain temporal branch
+    changed = semantics.clone()
+    changed[:, :, -1] += 3.0  # only the last snippet changes
+    _, again = csa.logits(changed)
+    assert not torch.allclose(again[:, 0], temporal[:, 0])
+    torch.manual_seed(0)
+    plain = ClassSemanticsAttention(40, 24, reduction=4, centered=True)
+    torch.testing.assert_close(plain.logits(changed)[1][:, 0], plain.logits(semantics)[1][:, 0])
+    # through BMN: trains and exports
+    model = _model("csa", temporal_context="video", centered=True)
+    model.loss(model.forward_with_attention(_features()), GT_BBOX)["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.csa.parameters())
+    report = export_graphs(model.eval().export_graphs({"features": _features(2)}), tmp_path, ["torchscript"])
+    assert report["ok"]

@@ -80,3 +80,19 @@ def test_speaker_residual_topics_are_cached_beside_the_plain_ones(tmp_path: Path
     assert sorted(residual.topics.utt_ids) == sorted(plain.topics.utt_ids)
     folder = residual._label_dir()
     assert len(list(folder.glob("topics_*.npz"))) == 2  # the same units, two topic caches
+
+
+def test_oracle_topics_are_the_metadata_and_check_their_count(tmp_path: Path, librispeech: Path):
+    dm = datamodule(tmp_path, librispeech, topics={"num_topics": 2, "oracle": "gender"})
+    dm.setup("fit")
+    genders = sorted({dm.meta[u]["gender"] for u in dm.topics.utt_ids})
+    assert len(genders) == 2
+    for utt, label in zip(dm.topics.utt_ids, dm.topics.hard):
+        assert genders[label] == dm.meta[utt]["gender"]
+    assert np.array_equal(dm.topics.theta.sum(axis=1), np.ones(len(dm.topics.utt_ids)))
+    # no LDA cache is written for oracle topics
+    assert not list(dm._label_dir().glob("topics_*.npz"))
+    with pytest.raises(ValueError, match=r"num_topics must be 2 \(got 3\)"):
+        datamodule(tmp_path, librispeech, topics={"num_topics": 3, "oracle": "gender"}).prepare_data()
+    with pytest.raises(ValueError, match="topics.oracle"):
+        datamodule(tmp_path, librispeech, topics={"oracle": "accent"})
