@@ -11,6 +11,16 @@ Forward pass (training): waveform `(B, T)` → conv features `(B, F, C)` → pro
 come from the last layer, and the topic head reads layer `topic_layer`:
 `z = Σ_f m_f h_f / Σ_f m_f` (mean over valid frames), `topic_logits = W z + b` `(B, T_topics)`.
 
+Two options of the topic head are ours (defaults keep the plain head above):
+- `topic_pool=unmasked`: `m_f` also excludes the frames masked for the masked prediction. With
+  HuBERT's `mask_prob = 0.8` most input frames are replaced by the mask embedding, so a mean over
+  every frame is mostly the model's guess of what was said; over the unmasked frames it is what was
+  heard, which is what an utterance-level label (theme, speaker) is about.
+- `topic_norm=batch`: `z` is standardised per dimension (`BatchNorm1d`, running statistics at
+  evaluation) before `W`. Mean-pooled Transformer features differ little from one utterance to the
+  next beside their common part; the linear probes standardise them for that reason, and without
+  it the head learns slowly what separates utterances.
+
 The frame loop mirrors `torchaudio`'s `HuBERTPretrainModel.forward` (which returns only the last
 layer) so that an intermediate layer is available to the head; it calls torchaudio's components.
 """
@@ -37,6 +47,29 @@ def conv_config(channels: int, layers: int = 7) -> list[tuple[int, int, int]]:
     return spec
 
 
+TOPIC_POOLS = ("all", "unmasked")
+TOPIC_NORMS = ("none", "batch")
+
+
+class NormalisedLinear(nn.Module):
+    """`BatchNorm1d` then `Linear` on `(B, D)`; a training batch of one uses the running statistics."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_features)
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self.training and z.shape[0] == 1:
+            norm = self.norm
+            z = nn.functional.batch_norm(
+                z, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+            )
+        else:
+            z = self.norm(z)
+        return self.linear(z)
+
+
 class HuBERTopic(nn.Module):
     """HuBERT pretraining model plus an utterance-level topic classifier.
 
@@ -52,6 +85,9 @@ class HuBERTopic(nn.Module):
         mask_prob, mask_length: span masking of frames (HuBERT: 0.8, 10).
         attention: factory of our attention layer (`attention(embed_dim=, num_heads=, dropout=)`),
             or None to keep torchaudio's.
+        topic_pool: `all` valid frames (default) or only the `unmasked` ones feed the topic head.
+        topic_norm: `none` (default) or `batch`: `BatchNorm1d` on the pooled features before the
+            topic head's linear layer.
     """
 
     def __init__(
@@ -76,8 +112,15 @@ class HuBERTopic(nn.Module):
         mask_length: int = 10,
         feature_grad_mult: float | None = 0.1,
         attention: Callable[..., nn.Module] | None = None,
+        topic_pool: str = "all",
+        topic_norm: str = "none",
     ) -> None:
         super().__init__()
+        if topic_pool not in TOPIC_POOLS:
+            raise ValueError(f"hubert_model.topic_pool must be one of {TOPIC_POOLS}, got {topic_pool!r}")
+        if topic_norm not in TOPIC_NORMS:
+            raise ValueError(f"hubert_model.topic_norm must be one of {TOPIC_NORMS}, got {topic_norm!r}")
+        self.topic_pool = topic_pool
         self.num_classes = num_classes
         self.num_topics = num_topics
         self.num_layers = num_layers
@@ -122,7 +165,10 @@ class HuBERTopic(nn.Module):
         self.swapped_attention = (
             swap_torchaudio_attention(self.hubert, attention) if attention is not None else []
         )
-        self.topic_head = nn.Linear(embed_dim, num_topics) if num_topics > 0 else None
+        self.topic_head: nn.Module | None = None
+        if num_topics > 0:
+            linear = nn.Linear(embed_dim, num_topics)
+            self.topic_head = NormalisedLinear(embed_dim, num_topics) if topic_norm == "batch" else linear
 
     # ------------------------------------------------------------------ shared pieces
     def _front_end(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -171,7 +217,8 @@ class HuBERTopic(nn.Module):
         logit_m, logit_u = self.hubert.logit_generator(hidden[-1], labels, mask_m, mask_u)
         topic_logits = None
         if self.topic_head is not None:
-            topic_logits = self.topic_head(self.pool(hidden[self.topic_layer - 1], valid))
+            pooled = valid & ~mask_m if self.topic_pool == "unmasked" else valid
+            topic_logits = self.topic_head(self.pool(hidden[self.topic_layer - 1], pooled))
         return {
             "logit_m": logit_m,
             "logit_u": logit_u,

@@ -150,3 +150,45 @@ def test_topic_weight_ramps_up_over_the_first_epochs(monkeypatch):
     )
     with pytest.raises(ValueError, match="topic_ramp_epochs"):
         HuBERTopicModule(model, optimizer=torch.optim.Adam, topic_ramp_epochs=-1)
+
+
+def test_topic_head_options_pool_unmasked_frames_and_standardise():
+    data = batch()
+    plain = tiny()
+    unmasked = tiny(topic_pool="unmasked")
+    unmasked.load_state_dict(plain.state_dict())
+    captured = {}
+
+    def capture(name):
+        return lambda module, args: captured.__setitem__(name, args[0].detach().clone())
+
+    plain.topic_head.register_forward_pre_hook(capture("all"))
+    unmasked.topic_head.register_forward_pre_hook(capture("unmasked"))
+    hidden_seen = {}
+    for name, model in (("all", plain), ("unmasked", unmasked)):
+        torch.manual_seed(7)  # the same span mask in both models
+        original = model._layers
+        model._layers = lambda x, m, original=original, name=name: hidden_seen.setdefault(
+            name, original(x, m)
+        )
+        out = model(data["waveforms"], data["units"], data["lengths"])
+    hidden = hidden_seen["unmasked"][-1].detach()
+    keep = (out["valid"] & ~out["mask"]).unsqueeze(-1).float()
+    assert 0 < keep.sum() < out["valid"].sum()  # some frames masked, some not
+    torch.testing.assert_close(captured["unmasked"], (hidden * keep).sum(1) / keep.sum(1).clamp_min(1))
+    valid = out["valid"].unsqueeze(-1).float()
+    torch.testing.assert_close(
+        captured["all"], (hidden_seen["all"][-1].detach() * valid).sum(1) / valid.sum(1)
+    )
+    # the standardised head: BatchNorm then Linear, a batch of one falls back to running statistics
+    normed = tiny(topic_norm="batch").train()
+    assert isinstance(normed.topic_head.norm, torch.nn.BatchNorm1d)
+    single = batch(lengths=(4000,))
+    assert normed(single["waveforms"], single["units"], single["lengths"])["topic_logits"].shape == (1, 3)
+    module = HuBERTopicModule(normed, optimizer=partial(torch.optim.Adam, lr=1e-3), topic_weight=1.0)
+    module.losses(data)["loss"].backward()
+    assert normed.topic_head.linear.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="topic_pool"):
+        tiny(topic_pool="masked")
+    with pytest.raises(ValueError, match="topic_norm"):
+        tiny(topic_norm="layer")
