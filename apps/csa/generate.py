@@ -39,7 +39,7 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,12 @@ class GeneratorConfig:
     """Significant digits of the CSV values."""
 
     def __post_init__(self) -> None:
+        # ranges given as lists (YAML, Hydra's ListConfig) become plain tuples: the config stays
+        # hashable and is recorded in meta.json the same way whatever form it came in
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(item.default, tuple) and not isinstance(value, tuple):
+                object.__setattr__(self, item.name, tuple(value))
         for name in ("n_train", "n_val", "n_test", "num_classes", "feature_dim", "temporal_scale"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GeneratorConfig.{name} must be positive, got {getattr(self, name)}")

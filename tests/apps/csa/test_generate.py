@@ -203,3 +203,35 @@ def test_mmaction2_reads_the_generated_dataset(tmp_path: Path) -> None:
         expected = [[s.start / video.covered_second, s.end / video.covered_second] for s in video.segments]
         np.testing.assert_allclose(sample["gt_bbox"], expected, rtol=1e-9)
         assert sample["feature_frame"] == video.feature_frame
+
+
+def test_ranges_from_yaml_lists_are_stored_as_tuples_and_reuse_the_build(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    knobs = OmegaConf.create({"distractors_range": [1, 3], "distractor_amplitude": 1.0})
+    from_yaml = GeneratorConfig(n_train=10, n_val=2, n_test=2, num_classes=5, **knobs)
+    assert from_yaml.distractors_range == (1, 3) and isinstance(from_yaml.distractors_range, tuple)
+    hash(from_yaml)  # class_patterns caches on the config
+    direct = replace(TINY, distractors_range=(1, 3), distractor_amplitude=1.0)
+    assert from_yaml == direct
+    out = tmp_path / "csa"
+    meta = build_dataset(out, direct, workers=1)
+    assert meta["config"]["distractors_range"] == [1, 3]
+    before = _files(out)
+    assert _content(build_dataset(out, from_yaml, workers=1)) == _content(meta)
+    assert _files(out) == before  # reused, nothing rewritten
+
+
+def test_strong_distractors_carry_other_classes_outside_the_actions() -> None:
+    config = replace(
+        TINY, distractor_amplitude=1.0, distractors_range=(1, 3), noise_std=0.0, video_bias_std=0.0
+    )
+    _, means = class_patterns(config)
+    strong = 0
+    for index in range(10):
+        video, features = generate_video(config, "training", index)
+        inside = _overlaps(config, video).sum(axis=0) > 0
+        outside = features[~inside]
+        if len(outside):
+            strong += (outside.max(axis=1) > 0.5).any()
+    assert strong >= 8  # nearly every video has a distractor as strong as an action outside its segments
