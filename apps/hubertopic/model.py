@@ -13,8 +13,8 @@ come from the last layer, and the topic head reads layer `topic_layer`:
 
 Two options of the topic head are ours (defaults keep the plain head above):
 - `topic_pool=unmasked`: `m_f` also excludes the frames masked for the masked prediction. With
-  HuBERT's `mask_prob = 0.8` most input frames are replaced by the mask embedding, so a mean over
-  every frame is mostly the model's guess of what was said; over the unmasked frames it is what was
+  HuBERT's `mask_prob = 0.8` (spans of 10) about half the input frames are replaced by the mask
+  embedding, so half of a mean over every frame is the model's guess of what was said; over the unmasked frames it is what was
   heard, which is what an utterance-level label (theme, speaker) is about.
 - `topic_norm=batch`: `z` is standardised per dimension (`BatchNorm1d`, running statistics at
   evaluation) before `W`. Mean-pooled Transformer features differ little from one utterance to the
