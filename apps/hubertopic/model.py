@@ -14,8 +14,9 @@ come from the last layer, and the topic head reads layer `topic_layer`:
 Two options of the topic head are ours (defaults keep the plain head above):
 - `topic_pool=unmasked`: `m_f` also excludes the frames masked for the masked prediction. With
   HuBERT's `mask_prob = 0.8` (spans of 10) about half the input frames are replaced by the mask
-  embedding, so half of a mean over every frame is the model's guess of what was said; over the unmasked frames it is what was
-  heard, which is what an utterance-level label (theme, speaker) is about.
+  embedding, so half of a mean over every frame is the model's guess of what was said; over the
+  unmasked frames it is what was heard, which is what an utterance-level label (theme, speaker) is
+  about.
 - `topic_norm=batch`: `z` is standardised per dimension (`BatchNorm1d`, running statistics at
   evaluation) before `W`. Mean-pooled Transformer features differ little from one utterance to the
   next beside their common part; the linear probes standardise them for that reason, and without
@@ -117,9 +118,9 @@ class HuBERTopic(nn.Module):
     ) -> None:
         super().__init__()
         if topic_pool not in TOPIC_POOLS:
-            raise ValueError(f"hubert_model.topic_pool must be one of {TOPIC_POOLS}, got {topic_pool!r}")
+            raise ValueError(f"app.model.topic_pool must be one of {TOPIC_POOLS}, got {topic_pool!r}")
         if topic_norm not in TOPIC_NORMS:
-            raise ValueError(f"hubert_model.topic_norm must be one of {TOPIC_NORMS}, got {topic_norm!r}")
+            raise ValueError(f"app.model.topic_norm must be one of {TOPIC_NORMS}, got {topic_norm!r}")
         self.topic_pool = topic_pool
         self.num_classes = num_classes
         self.num_topics = num_topics
