@@ -13,9 +13,12 @@ high channels. Here each class has a fixed random "semantic pattern": a sparse s
 half in each half of the feature vector (rgb and flow), with a mean vector. A snippet inside a
 segment carries its class's pattern scaled by its overlap with the segment, an amplitude that ramps
 up and down near the boundaries and a per-snippet jitter; every snippet carries Gaussian noise and a
-per-video channel bias; background snippets also carry weak patterns of random distractor classes.
-That is the structure CSA (Sridhar et al., ICCV 2021) exploits: class semantics in the features
-tell where actions are.
+per-video channel bias; background snippets also carry runs of random distractor classes' patterns,
+by default as strong as an action (as the background of real videos also scores on other classes).
+That is the structure CSA (Sridhar et al., ICCV 2021) exploits: class semantics in the features, and
+whether they agree with what the rest of the video is about, tell where actions are; a snippet's
+amplitude alone does not. (Sessions up to 25 used weak distractors, ``distractor_amplitude=0.3`` and
+0-2 runs per video, where amplitude alone tells action from background: ``experiment=csa_weak``.)
 
 Timing follows ActivityNet: durations of 30 to 240 s at 30 fps, ``duration_frame = round(duration *
 fps)``, ``feature_frame = duration_frame // 16 * 16`` (features come from 16-frame snippets; this
@@ -97,7 +100,7 @@ class GeneratorConfig:
     ``max_coverage`` of it, its longest segments are redrawn short.
     """
 
-    n_train: int = 400
+    n_train: int = 1200
     n_val: int = 100
     n_test: int = 100
     num_classes: int = 20
@@ -127,9 +130,12 @@ class GeneratorConfig:
     """Relative per-snippet noise on the pattern channels."""
     noise_std: float = 0.5
     video_bias_std: float = 0.15
-    distractors_range: tuple[int, int] = (0, 2)
-    """Inclusive range of the number of distractor runs per video."""
-    distractor_amplitude: float = 0.3
+    distractors_range: tuple[int, int] = (1, 3)
+    """Inclusive range of the number of distractor runs per video: background runs of a random
+    class's pattern outside the actions (the weak set of sessions up to 25: ``(0, 2)``)."""
+    distractor_amplitude: float = 1.0
+    """Amplitude of a distractor run, relative to ``amplitude`` of actions: as strong as an action by
+    default, so that only class semantics tell it from one (the weak set: 0.3)."""
     distractor_length_range: tuple[float, float] = (0.05, 0.2)
     csv_precision: int = 4
     """Significant digits of the CSV values."""

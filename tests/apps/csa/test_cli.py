@@ -90,7 +90,38 @@ def test_ablation_configs_compose_and_build(experiment, attention, branches):
     assert (model.csa.branches if model.csa is not None else None) == branches
     if experiment == "csa_se_temporal":
         assert model.csa.centered and model.csa.channel_mlp is None
+        assert model.csa.temporal_context == "none"  # the variant measured on the weak set
         assert cfg.app.module.attention_weight_decay == 0
+    elif model.csa is not None:
+        assert model.csa.temporal_context == "video"  # the default CSA
+
+
+def test_default_and_weak_set_configs():
+    """The default: strong distractors, video-context CSA; experiment=csa_weak: the sessions-1-25 set."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from apps.common.config import register_resolvers
+    from apps.csa.generate import GeneratorConfig
+
+    register_resolvers()
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        default = compose(config_name="train", overrides=["app=csa"])
+        weak = compose(config_name="train", overrides=["experiment=csa_weak"])
+    strong = GeneratorConfig(**default.app.data.generator)
+    assert strong == GeneratorConfig()  # the app's default set is the generator's default
+    assert (strong.n_train, strong.distractor_amplitude, strong.distractors_range) == (1200, 1.0, (1, 3))
+    assert default.app.max_epochs == 8 and default.app.module.attention_weight_decay == 0
+    model = instantiate(default.app.model)
+    assert model.attention == "csa" and model.csa.centered and model.csa.temporal_context == "video"
+
+    old = GeneratorConfig(**weak.app.data.generator)
+    assert (old.n_train, old.distractor_amplitude, old.distractors_range) == (400, 0.3, (0, 2))
+    assert weak.app.data.data_dir != default.app.data.data_dir
+    assert weak.app.max_epochs == 10 and weak.app.module.attention_weight_decay is None
+    model = instantiate(weak.app.model)
+    assert not model.csa.centered and model.csa.temporal_context == "none"
 
 
 def test_attention_parameter_group_lr_and_weight_decay():
@@ -101,18 +132,27 @@ def test_attention_parameter_group_lr_and_weight_decay():
 
     register_resolvers()
     conf = Path(__file__).resolve().parents[3] / "conf"
-    extra = [
-        "app.module.attention_lr_scale=2.0",
-        "app.module.attention_weight_decay=0",
-        "app.model.centered=true",
-    ]
+    extra = ["app.module.attention_lr_scale=2.0", "app.model.centered=false"]
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         default = compose(config_name="train", overrides=["app=csa", *TINY])
+        single = compose(
+            config_name="train", overrides=["app=csa", *TINY, "app.module.attention_weight_decay=null"]
+        )
         grouped = compose(config_name="train", overrides=["app=csa", *TINY, *extra])
-    module = instantiate(default.app.module, model=instantiate(default.app.model))
+    module = instantiate(single.app.module, model=instantiate(single.app.model))
     assert len(module.configure_optimizers()["optimizer"].param_groups) == 1
+    # the default: no weight decay on the attention parameters, the optimiser's on the rest
+    model = instantiate(default.app.model)
+    rest, attention = (
+        instantiate(default.app.module, model=model).configure_optimizers()["optimizer"].param_groups
+    )
+    assert {id(p) for p in attention["params"]} == {id(p) for p in model.csa.parameters()}
+    assert (
+        attention["weight_decay"] == 0 and rest["weight_decay"] == default.app.module.optimizer.weight_decay
+    )
+    assert attention["lr"] == rest["lr"]
     model = instantiate(grouped.app.model)
-    assert model.csa.centered
+    assert not model.csa.centered
     optimizer = instantiate(grouped.app.module, model=model).configure_optimizers()["optimizer"]
     rest, attention = optimizer.param_groups
     assert {id(p) for p in attention["params"]} == {id(p) for p in model.csa.parameters()}
