@@ -68,6 +68,9 @@ class HuBERTopicModule(BaseModule):
         unmasked_weight, feature_penalty_weight: see the module docstring.
         probe_layer: Transformer layer (1-based, negative from the end) of the headline probes.
         probe_test_fraction: share of utterances (by a hash of the id) the probes are scored on.
+        probe_folds: 0 scores the utterance probes on that share; k >= 2 cross-validates them over
+            k folds (by a hash of the id) so that every utterance is scored. The CTC probe always
+            uses the hashed split.
         ctc_epochs: epochs of the linear CTC probe.
         plots: write the PNG plots after testing.
     """
@@ -84,6 +87,7 @@ class HuBERTopicModule(BaseModule):
         feature_penalty_weight: float = 10.0,
         probe_layer: int = -1,
         probe_test_fraction: float = 0.25,
+        probe_folds: int = 0,
         ctc_epochs: int = 30,
         plots: bool = True,
     ) -> None:
@@ -96,6 +100,11 @@ class HuBERTopicModule(BaseModule):
         self.feature_penalty_weight = feature_penalty_weight
         self.probe_layer = probe_layer
         self.probe_test_fraction = probe_test_fraction
+        if probe_folds == 1 or probe_folds < 0:
+            raise ValueError(
+                f"app.module.probe_folds must be 0 (one hashed split) or >= 2, got {probe_folds}"
+            )
+        self.probe_folds = probe_folds
         self.ctc_epochs = ctc_epochs
         self.plots = plots
         self._collected: dict[str, list[Any]] = {}
@@ -185,9 +194,13 @@ class HuBERTopicModule(BaseModule):
         facts = {
             name: values for name, values in facts.items() if utt_ids and all(v is not None for v in values)
         }
+        folds = probes.probe_folds(utt_ids, self.probe_folds) if self.probe_folds else None
         for name, values in facts.items():
             scores = [
-                probes.linear_probe(pooled[:, layer], values, is_test) for layer in range(pooled.shape[1])
+                probes.cross_validated_probe(pooled[:, layer], values, folds)
+                if folds is not None
+                else probes.linear_probe(pooled[:, layer], values, is_test)
+                for layer in range(pooled.shape[1])
             ]
             per_layer[name] = scores
             if scores[headline] is not None:
@@ -210,7 +223,9 @@ class HuBERTopicModule(BaseModule):
             "probe_layer": headline + 1,
             "per_layer_acc": per_layer,
             "utterances": len(utt_ids),
-            "probe_test_utterances": int(is_test.sum()),
+            "probe_test_utterances": len(utt_ids) if folds is not None else int(is_test.sum()),
+            "probe_folds": self.probe_folds,
+            "ctc_test_utterances": int(is_test.sum()),
             "chance": {name: 1.0 / max(len(set(v)), 1) for name, v in facts.items()},
         }
         out_dir = Path(self.trainer.default_root_dir)

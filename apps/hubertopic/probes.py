@@ -2,7 +2,9 @@
 
 - utterance classification (speaker ID, gender, theme): a linear classifier (multinomial logistic
   regression on standardised, mean-pooled layer features) fit on the probe-train utterances and
-  scored by accuracy on the probe-test utterances;
+  scored by accuracy on the probe-test utterances; or, with ``k`` folds (``probe_folds``), k-fold
+  cross-validated: every utterance is scored once by the probe fit on the other folds, so the
+  accuracy rests on all utterances instead of a quarter of them;
 - character recognition: a linear CTC head on frame features (letters, apostrophe, space + blank),
   trained with Adam on probe-train and scored by character error rate (greedy decoding) on
   probe-test.
@@ -34,6 +36,32 @@ def probe_split(utt_ids: Sequence[str], test_fraction: float = 0.25, salt: str =
             for u in utt_ids
         ]
     )
+
+
+def probe_folds(utt_ids: Sequence[str], folds: int, salt: str = "probe-fold") -> np.ndarray:
+    """Fold index `(N,)` in ``[0, folds)`` of each utterance (a hash of the id, stable across runs
+    and models, so every model is scored on the same folds)."""
+    if folds < 2:
+        raise ValueError(f"app.module.probe_folds must be 0 (one hashed split) or >= 2, got {folds}")
+    return np.array(
+        [int(hashlib.sha256(f"{salt}:{u}".encode()).hexdigest()[:8], 16) % folds for u in utt_ids]
+    )
+
+
+def cross_validated_probe(
+    features: np.ndarray, labels: Sequence[str], folds: np.ndarray, seed: int = 0
+) -> float | None:
+    """Accuracy over every utterance of :func:`linear_probe` fit on the other folds (utterances of
+    a fold whose complement lacks two classes are skipped); None when no fold can be scored."""
+    correct = scored = 0
+    for fold in np.unique(folds):
+        is_test = folds == fold
+        accuracy = linear_probe(features, labels, is_test, seed=seed)
+        if accuracy is None:
+            continue
+        correct += accuracy * int(is_test.sum())
+        scored += int(is_test.sum())
+    return correct / scored if scored else None
 
 
 def linear_probe(

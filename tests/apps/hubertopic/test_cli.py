@@ -104,6 +104,30 @@ def test_eval_runs_the_probes_on_the_checkpoint(smoke_run):
     assert (out / "eval" / "probes.json").is_file()
 
 
+def test_eval_cross_validated_probes_score_every_utterance(smoke_run):
+    from tests.conftest import run_cli
+
+    out, common = smoke_run
+    proc = run_cli(
+        "apps.eval",
+        "app=hubertopic",
+        f"ckpt_path={out / 'run' / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={out / 'eval_cv'}",
+        "trainer.enable_progress_bar=false",
+        "app.module.probe_folds=3",
+        "app.module.plots=false",
+        *common,
+        *[arg for arg in TINY if not arg.startswith("trainer.")],
+    )
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0.0 <= report["test/gender_acc"] <= 1.0
+    probes_json = json.loads((out / "eval_cv" / "probes.json").read_text())
+    assert probes_json["probe_folds"] == 3
+    assert (
+        probes_json["probe_test_utterances"] == probes_json["utterances"] > probes_json["ctc_test_utterances"]
+    )
+
+
 @pytest.mark.slow
 def test_export_cli_checks_parity(smoke_run):
     from tests.conftest import run_cli
