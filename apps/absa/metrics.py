@@ -1,4 +1,5 @@
-"""Metrics: accuracy, macro-F1, accuracy by opinion-word frequency, attention–gradient Kendall τ."""
+"""Metrics: accuracy, macro-F1, accuracy by opinion-word frequency, and the agreement between
+attention and gradient importance (Kendall τ, weighted τ, Pearson r, top-1 agreement)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.stats import weightedtau
 from torch import Tensor
 
 from apps.absa.formats import POLARITIES
@@ -49,11 +51,51 @@ def kendall_tau_rows(weights: Tensor, importance: Tensor, mask: Tensor) -> Tenso
     return torch.tensor(out, dtype=torch.float64)
 
 
+AGREEMENT = ("kendall_tau", "weighted_tau", "pearson", "top1_agreement")
+
+
+def agreement(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """How far two score vectors over a sentence's words rank them alike (NaN where undefined):
+
+    - ``kendall_tau``: τ-b over every pair of words (:func:`kendall_tau`);
+    - ``weighted_tau``: scipy's weighted τ (hyperbolic weights by rank, both rankings), so that
+      pairs near the top count more than pairs of words neither score cares about;
+    - ``pearson``: Pearson r of the values;
+    - ``top1_agreement``: 1 if the top word of ``x`` is the top word of ``y``, else 0.
+    """
+    out = {name: float("nan") for name in AGREEMENT}
+    if len(x) < 2:
+        return out
+    out["kendall_tau"] = kendall_tau(x, y)
+    if np.ptp(x) > 0 and np.ptp(y) > 0:
+        out["weighted_tau"] = float(weightedtau(x, y).statistic)
+        out["pearson"] = float(np.corrcoef(x, y)[0, 1])
+    out["top1_agreement"] = float(np.argmax(x) == np.argmax(y))
+    return out
+
+
+def agreement_rows(weights: Tensor, importance: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Per sentence, :func:`agreement` of attention ``weights`` and gradient ``importance`` over
+    ``mask`` (context words); ``(B, L)`` each -> ``{name: (B,)}``."""
+    rows = [agreement(w[m], g[m]) for w, g, m in zip(weights.numpy(), importance.numpy(), mask.numpy())]
+    return {name: torch.tensor([r[name] for r in rows], dtype=torch.float64) for name in AGREEMENT}
+
+
+def _defined_mean(values: Tensor) -> float:
+    defined = values[~torch.isnan(values)]
+    return float(defined.mean()) if len(defined) else float("nan")
+
+
 def classification_report(
-    predictions: Tensor, labels: Tensor, buckets: Sequence[str] | None = None, tau: Tensor | None = None
+    predictions: Tensor,
+    labels: Tensor,
+    buckets: Sequence[str] | None = None,
+    tau: Tensor | None = None,
+    agreement: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
     """``acc``, ``macro_f1``, ``acc_<bucket>`` (and ``n_<bucket>``) per opinion-frequency bucket,
-    ``kendall_tau`` (mean over sentences where it is defined)."""
+    ``kendall_tau`` (mean over sentences where it is defined) from ``tau``, or every measure of
+    :func:`agreement_rows` from ``agreement`` (each the mean over sentences where it is defined)."""
     report = {
         "acc": float((predictions == labels).double().mean()) if len(labels) else 0.0,
         "macro_f1": macro_f1(predictions, labels),
@@ -66,6 +108,7 @@ def classification_report(
             report[f"acc_{name}"] = float(correct[selected].mean())
             report[f"n_{name}"] = float(selected.sum())
     if tau is not None:
-        defined = tau[~torch.isnan(tau)]
-        report["kendall_tau"] = float(defined.mean()) if len(defined) else float("nan")
+        report["kendall_tau"] = _defined_mean(tau)
+    for name, values in (agreement or {}).items():
+        report[name] = _defined_mean(values)
     return report

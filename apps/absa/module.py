@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from apps.absa.data import FREQUENCY_BUCKETS, FREQUENT, NO_OPINION
-from apps.absa.metrics import classification_report, kendall_tau_rows
+from apps.absa.metrics import agreement_rows, classification_report, kendall_tau_rows
 from apps.absa.model import span_masks
 from apps.common.module import BaseModule
 
@@ -321,22 +321,23 @@ class ABSAModule(BaseModule):
         _, _, context = span_masks(
             batch["tokens"], batch["lengths"], batch["aspect_start"], batch["aspect_end"]
         )
-        tau = tau_live = None
+        agreement = tau_live = None
         if stage != "val" or self.val_kendall_tau:
             if self.importance in ("detached", "both"):
                 importance = self._importance(batch, detach_attention=True)
-                tau = kendall_tau_rows(weights.detach().cpu(), importance.cpu(), context.cpu())
+                agreement = agreement_rows(weights.detach().cpu(), importance.cpu(), context.cpu())
             if self.importance in ("live", "both"):
                 importance = self._importance(batch, detach_attention=False)
-                tau_live = kendall_tau_rows(weights.detach().cpu(), importance.cpu(), context.cpu())
-                if tau is None:
-                    tau, tau_live = tau_live, None
+                if agreement is None:
+                    agreement = agreement_rows(weights.detach().cpu(), importance.cpu(), context.cpu())
+                else:
+                    tau_live = kendall_tau_rows(weights.detach().cpu(), importance.cpu(), context.cpu())
         self._outputs[stage].append(
             {
                 "index": batch["index"].cpu(),
                 "predictions": logits.argmax(dim=1).cpu(),
                 "labels": batch["labels"].cpu(),
-                "tau": tau,
+                "agreement": agreement,
                 "tau_live": tau_live,
                 "weights": weights.detach().cpu(),
             }
@@ -356,10 +357,12 @@ class ABSAModule(BaseModule):
         index = torch.cat([o["index"] for o in outputs])
         predictions = torch.cat([o["predictions"] for o in outputs])
         labels = torch.cat([o["labels"] for o in outputs])
-        tau = torch.cat([o["tau"] for o in outputs]) if outputs[0]["tau"] is not None else None
+        agreement = None
+        if outputs[0]["agreement"] is not None:
+            agreement = {k: torch.cat([o["agreement"][k] for o in outputs]) for k in outputs[0]["agreement"]}
         examples = self._split_examples(stage)
         buckets = [examples[i].opinion_bucket for i in index.tolist()] if examples is not None else None
-        report = classification_report(predictions, labels, buckets, tau)
+        report = classification_report(predictions, labels, buckets, agreement=agreement)
         if outputs[0]["tau_live"] is not None:
             live = torch.cat([o["tau_live"] for o in outputs])
             defined = live[~torch.isnan(live)]

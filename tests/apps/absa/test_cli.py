@@ -49,8 +49,9 @@ def test_pssa_pipeline_rounds_state_final_and_plots(pssa_run):
         # entropy threshold above any sentence's entropy: every sentence gives one word
         assert stats["active"] + stats["misleading"] == stats["sentences"] - stats.get("no_candidate", 0)
     assert 0.0 <= metrics["base_test"]["test/acc"] <= 1.0
-    for name in ("acc", "macro_f1", "kendall_tau"):
+    for name in ("acc", "macro_f1", "kendall_tau", "weighted_tau", "pearson", "top1_agreement"):
         assert f"test/{name}" in metrics["test"], name
+    assert 0.0 <= metrics["test"]["test/top1_agreement"] <= 1.0
     assert any(key.startswith("test/acc_") for key in metrics["test"])
     assert metrics["supervised_examples"] > 0
     state = json.loads((run / "pssa_state.json").read_text())
