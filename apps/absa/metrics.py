@@ -81,7 +81,8 @@ def agreement_rows(weights: Tensor, importance: Tensor, mask: Tensor) -> dict[st
     return {name: torch.tensor([r[name] for r in rows], dtype=torch.float64) for name in AGREEMENT}
 
 
-def _defined_mean(values: Tensor) -> float:
+def defined_mean(values: Tensor) -> float:
+    """Mean of the values that are not NaN (NaN when none is)."""
     defined = values[~torch.isnan(values)]
     return float(defined.mean()) if len(defined) else float("nan")
 
@@ -90,12 +91,11 @@ def classification_report(
     predictions: Tensor,
     labels: Tensor,
     buckets: Sequence[str] | None = None,
-    tau: Tensor | None = None,
     agreement: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
     """``acc``, ``macro_f1``, ``acc_<bucket>`` (and ``n_<bucket>``) per opinion-frequency bucket,
-    ``kendall_tau`` (mean over sentences where it is defined) from ``tau``, or every measure of
-    :func:`agreement_rows` from ``agreement`` (each the mean over sentences where it is defined)."""
+    and every measure of :func:`agreement_rows` given in ``agreement`` (each the mean over the
+    sentences where it is defined)."""
     report = {
         "acc": float((predictions == labels).double().mean()) if len(labels) else 0.0,
         "macro_f1": macro_f1(predictions, labels),
@@ -107,8 +107,6 @@ def classification_report(
             selected = names == name
             report[f"acc_{name}"] = float(correct[selected].mean())
             report[f"n_{name}"] = float(selected.sum())
-    if tau is not None:
-        report["kendall_tau"] = _defined_mean(tau)
     for name, values in (agreement or {}).items():
-        report[name] = _defined_mean(values)
+        report[name] = defined_mean(values)
     return report

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from apps.absa.data import FREQUENCY_BUCKETS, FREQUENT, NO_OPINION
-from apps.absa.metrics import agreement_rows, classification_report, kendall_tau_rows
+from apps.absa.metrics import agreement_rows, classification_report, defined_mean, kendall_tau_rows
 from apps.absa.model import span_masks
 from apps.common.module import BaseModule
 
@@ -364,9 +364,7 @@ class ABSAModule(BaseModule):
         buckets = [examples[i].opinion_bucket for i in index.tolist()] if examples is not None else None
         report = classification_report(predictions, labels, buckets, agreement=agreement)
         if outputs[0]["tau_live"] is not None:
-            live = torch.cat([o["tau_live"] for o in outputs])
-            defined = live[~torch.isnan(live)]
-            report["kendall_tau_live"] = float(defined.mean()) if len(defined) else float("nan")
+            report["kendall_tau_live"] = defined_mean(torch.cat([o["tau_live"] for o in outputs]))
         for name, value in report.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("acc", "macro_f1"))
         if (
