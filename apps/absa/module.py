@@ -102,8 +102,9 @@ class ABSAModule(BaseModule):
         encoder_lr: learning rate of a fine-tuned pretrained encoder (its own parameter group); the
             rest of the model uses the optimiser's.
         attention_plots: sentences shaded by attention, drawn into ``<run>/plots`` per validation epoch.
-        val_kendall_tau: compute the attention–importance Kendall τ on validation every epoch (it
-            is only logged, never used for selection; the test τ is always computed). Each needs a
+        val_kendall_tau: compute the attention–importance agreement (Kendall τ, weighted τ,
+            Pearson r, top-1 agreement) on validation every epoch (only logged, never used for
+            selection; the test always computes it). Each needs a
             gradient through the model, i.e. through the encoder of a pretrained model even with
             the state cache on, which dominates an epoch there (``experiment=absa_pretrained`` sets
             it false).
@@ -112,7 +113,8 @@ class ABSAModule(BaseModule):
             the gradient says how the prediction changes with each word *at fixed attention* — the
             protocol of Jain & Wallace (2019) that Kitada & Iyatomi (2021) follow. ``live``: the
             gradient also flows through the attention weights (what the app measured before).
-            ``both``: ``kendall_tau`` is the detached measure and ``kendall_tau_live`` the other.
+            ``both``: the four agreement measures (``kendall_tau``, ...) use the detached
+            importance, and ``kendall_tau_live`` is τ with the live one.
     """
 
     def __init__(
