@@ -20,9 +20,17 @@ attention; the target's self-attention gets extra keys/values from the reference
   Only self-attention is unrouted: the cross-attention blend (`cross_blend`) applies to it as to
   every other variant, so the variants differ in self-attention alone.
 
-For the target rows the mask is one dense boolean `(P, 1, N, N + S * N)` (query pixels x [target
-pixels, repositioned reference pixels]); it is built once per resolution per generation with tensor
-ops and passed to `shared_attention.functional.attention` as a `DenseMask`. Unlike the official code,
+Only the reference tokens some target pixel may see are offered as keys: for each scene and subject
+the visible (repositioned) reference positions are gathered into `M` slots (`M` = the largest count
+over scenes and subjects, padded slots masked), so the target attends to `N + S * M` keys instead of
+`N + S * N` (a subject covering a quarter of the image gives `M ≈ N / 4`). For the target rows the
+mask is one dense boolean `(P, 1, N, N + S * M)` (query pixels x [target pixels, gathered reference
+tokens]); `expand_mask` scatters it back to the `(P, 1, N, N + S * N)` layout over all reference
+positions. It is built once per resolution per generation with tensor ops and passed to
+`shared_attention.functional.attention` as a `DenseMask`. Reference keys/values are taken from the
+keys/values the layer already computed (sampled at the gathered positions when repositioning, which
+equals projecting the sampled hidden states because `to_k`/`to_v` are linear maps without bias); a
+layer with a key bias or a key norm projects the sampled hidden states instead. Unlike the official code,
 isolation is a real attention mask (not an in-place edit of the hidden states) and subject masks use
 one threshold with a single meaning (foreground if the normalised map exceeds it).
 
@@ -227,12 +235,19 @@ def reposition_grid(ref_boxes: Tensor, target_boxes: Tensor, h: int, w: int) -> 
 
 
 def build_layout(state: IRState, h: int, w: int) -> dict[str, Tensor | None]:
-    """The target's attention mask at `(h, w)` and, with reposition, the sampling grid.
+    """The target's attention mask at `(h, w)`, the reference positions it uses and, with
+    reposition, the sampling grid.
 
-    mask `(P, 1, N, N + S * N)` bool, True = may attend:
+    ref_index `(P, S, M)` long: the positions (of the `h x w` grid of reference `i`'s hidden states,
+    after reposition) that some target pixel may see, visible ones first in raster order, padded
+    with position 0; `M` is the largest visible count over scenes and subjects (0 without
+    reference keys, `N` for the unrouted `extended` variant).
+    mask `(P, 1, N, N + S * M)` bool, True = may attend:
       [:, :, q, k]           target pixel q -> target pixel k (isolation blocks subject i -> j != i)
-      [:, :, q, N + i*N + k] target pixel q -> reference-i token k: only if q is in subject i's
-                             target region and k lies on reference i's subject (after reposition).
+      [:, :, q, N + i*M + m] target pixel q -> reference-i token `ref_index[:, i, m]`: only if q is in
+                             subject i's target region and that token lies on reference i's
+                             subject (after reposition); never for a padded slot.
+    grid `(P, S, M, 2)`: where each gathered token samples reference `i` (reposition only).
     """
     assert state.settings is not None and state.ref_masks is not None
     settings = state.settings
@@ -264,13 +279,35 @@ def build_layout(state: IRState, h: int, w: int) -> dict[str, Tensor | None]:
     else:
         self_mask = torch.ones(p, n, n, dtype=torch.bool, device=labels.device)
     owner = labels[:, :, None] == torch.arange(1, s + 1, device=labels.device).view(1, 1, s)  # (P, N, S)
-    ref_mask = owner[..., None] & visible_ref[:, None]  # (P, N, S, N)
-    if not settings.route:
-        ref_mask = torch.ones_like(ref_mask)
     if not settings.reference:
-        ref_mask = torch.zeros_like(ref_mask)
-    mask = torch.cat([self_mask, ref_mask.reshape(p, n, s * n)], dim=-1)[:, None]
-    return {"mask": mask, "grid": grid, "owner": owner}
+        visible_ref = torch.zeros_like(visible_ref)
+    elif not settings.route:
+        visible_ref = torch.ones_like(visible_ref)
+    else:  # a token no target pixel owns is never seen: leave it out
+        visible_ref = visible_ref & owner.any(dim=1)[..., None]
+    slots = int(visible_ref.sum(dim=-1).max()) if visible_ref.numel() else 0
+    order = torch.sort((~visible_ref).to(torch.uint8), dim=-1, stable=True).indices  # visible first
+    ref_index = order[..., :slots]  # (P, S, M)
+    valid = torch.gather(visible_ref, 2, ref_index)
+    seen = owner[..., None] if settings.route else torch.ones_like(owner)[..., None]
+    ref_mask = seen & valid[:, None]  # (P, N, S, M)
+    mask = torch.cat([self_mask, ref_mask.reshape(p, n, s * slots)], dim=-1)[:, None]
+    if grid is not None:
+        grid = torch.gather(grid.reshape(p, s, n, 2), 2, ref_index[..., None].expand(p, s, slots, 2))
+    return {"mask": mask, "grid": grid, "owner": owner, "ref_index": ref_index}
+
+
+def expand_mask(layout: dict[str, Tensor | None], n: int) -> Tensor:
+    """The layout's mask over all reference positions, `(P, 1, N, N + S * N)`: the gathered slots
+    scattered back to the positions they stand for (for inspection and tests)."""
+    mask, ref_index = layout["mask"], layout["ref_index"]
+    assert mask is not None and ref_index is not None
+    p, s, slots = ref_index.shape
+    counts = torch.zeros(p, n, s, n, dtype=torch.int32, device=mask.device)
+    gathered = mask[:, 0, :, n:].reshape(p, n, s, slots).to(torch.int32)
+    # padded slots repeat position 0 with False: adding keeps a visible position 0 visible
+    counts.scatter_add_(3, ref_index[:, None].expand(p, n, s, slots), gathered)
+    return torch.cat([mask[:, 0, :, :n], (counts > 0).reshape(p, n, s * n)], dim=-1)[:, None]
 
 
 class IRAttnProcessor:
@@ -380,19 +417,43 @@ class IRAttnProcessor:
             backend=state.backend,
         ).view(groups, s, heads, n, head_dim)
 
-        refs = hidden_states.view(groups, g, n, channels)[:, :s]
-        if layout["grid"] is not None:
-            grid = layout["grid"].repeat(groups // p, 1, 1, 1, 1).reshape(groups * s, h, w, 2)
-            maps = refs.reshape(groups * s, h, w, channels).permute(0, 3, 1, 2)
-            moved = F.grid_sample(
-                maps, grid.to(maps.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+        index = layout["ref_index"]  # (P, S, M)
+        slots = index.shape[-1]
+        reps = groups // p
+        index = index.repeat(reps, 1, 1)  # (groups, S, M)
+        grid = layout["grid"]
+        linear = (
+            getattr(attn.to_k, "bias", None) is None
+            and getattr(attn.to_v, "bias", None) is None
+            and attn.norm_k is None
+        )
+
+        def pick(tokens: Tensor) -> Tensor:
+            """`(groups, S, N, D)` per reference position -> `(groups, S, M, D)` at the gathered
+            positions (bilinearly sampled from the reference when repositioning)."""
+            d = tokens.shape[-1]
+            if grid is None:
+                return torch.gather(tokens, 2, index[..., None].expand(groups, s, slots, d))
+            maps = tokens.reshape(groups * s, h, w, d).permute(0, 3, 1, 2)
+            points = grid.repeat(reps, 1, 1, 1).reshape(groups * s, 1, slots, 2).to(maps.dtype)
+            moved = F.grid_sample(maps, points, mode="bilinear", padding_mode="zeros", align_corners=False)
+            return moved.reshape(groups, s, d, slots).transpose(2, 3)
+
+        if linear:  # the layer's own reference keys/values, picked (sampling commutes with to_k/to_v)
+
+            def per_position(t: Tensor) -> Tensor:
+                return t[:, :s].permute(0, 1, 3, 2, 4).reshape(groups, s, n, heads * head_dim)
+
+            k_extra = pick(per_position(k)).reshape(groups, s * slots, heads, head_dim).transpose(1, 2)
+            v_extra = pick(per_position(v)).reshape(groups, s * slots, heads, head_dim).transpose(1, 2)
+        else:
+            extra = pick(hidden_states.view(groups, g, n, channels)[:, :s]).reshape(
+                groups, s * slots, channels
             )
-            refs = moved.permute(0, 2, 3, 1).reshape(groups, s, n, channels)
-        extra = refs.reshape(groups, s * n, channels)
-        k_extra = attn.to_k(extra).view(groups, s * n, heads, head_dim).transpose(1, 2)
-        v_extra = attn.to_v(extra).view(groups, s * n, heads, head_dim).transpose(1, 2)
-        if attn.norm_k is not None:
-            k_extra = attn.norm_k(k_extra)
+            k_extra = attn.to_k(extra).view(groups, s * slots, heads, head_dim).transpose(1, 2)
+            v_extra = attn.to_v(extra).view(groups, s * slots, heads, head_dim).transpose(1, 2)
+            if attn.norm_k is not None:
+                k_extra = attn.norm_k(k_extra)
         k_target = torch.cat([k[:, s], k_extra], dim=2)
         v_target = torch.cat([v[:, s], v_extra], dim=2)
         mask = state.mask_spec(h, w, groups, query.device)

@@ -8,7 +8,14 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from apps.irdiffusion.processors import IRSettings, IRState, build_layout, install, reposition_grid
+from apps.irdiffusion.processors import (
+    IRSettings,
+    IRState,
+    build_layout,
+    expand_mask,
+    install,
+    reposition_grid,
+)
 
 
 def random_layout(p: int = 2, s: int = 3, size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -37,9 +44,11 @@ def test_mask_matches_slow_reference(isolation, reposition):
     state.configure(IRSettings(True, isolation, reposition), **layout)
     h = w = 8
     built = build_layout(state, h, w)
-    mask = built["mask"][:, 0]
     p, s = layout["ref_boxes"].shape[:2]
     n = h * w
+    slots = built["ref_index"].shape[-1]
+    assert built["mask"].shape == (p, 1, n, n + s * slots) and 0 < slots < n  # only seen tokens are keys
+    mask = expand_mask(built, n)[:, 0]
     assert mask.shape == (p, n, n + s * n)
     labels = torch.nn.functional.interpolate(
         layout["target_labels"][:, None].float(), size=(h, w), mode="nearest-exact"
@@ -209,4 +218,57 @@ def test_extended_variant_shows_every_reference_token_to_every_target_pixel():
     assert mask.shape == (2, 1, 64, 64 + 3 * 64) and bool(mask.all())
     # the routed variants keep each reference to its own subject's pixels
     state.configure(IRSettings.variant("mutual"), **layout)
-    assert not bool(build_layout(state, 8, 8)["mask"].all())
+    assert not bool(expand_mask(build_layout(state, 8, 8), 64).all())
+    # without reference keys nothing is gathered: the target attends to itself only
+    state.configure(IRSettings(reference=False, isolation=True, reposition=False), **layout)
+    assert build_layout(state, 8, 8)["mask"].shape == (2, 1, 64, 64)
+
+
+def _dense_target_attention(attn, hidden, state, n):
+    """The target's IR self-attention written the slow way: every reference position as a key
+    (the hidden states moved onto the target grid when repositioning, then projected), masked by
+    the full `(N, N + S * N)` mask."""
+    from torch.nn.functional import grid_sample
+
+    s = state.num_subjects
+    h = w = int(n**0.5)
+    layout = build_layout(state, h, w)
+    full = expand_mask(layout, n)[0, 0]
+    refs = hidden[:s]
+    if state.settings.reposition:
+        grid, _ = reposition_grid(state.ref_boxes, state.target_boxes, h, w)
+        maps = refs.reshape(s, h, w, -1).permute(0, 3, 1, 2)
+        refs = grid_sample(maps, grid[0], mode="bilinear", padding_mode="zeros", align_corners=False)
+        refs = refs.permute(0, 2, 3, 1).reshape(s, n, -1)
+    heads = attn.heads
+
+    def split(x):
+        return x.view(x.shape[0], heads, -1).transpose(0, 1)  # (heads, tokens, head_dim)
+
+    q = split(attn.to_q(hidden[s]))
+    keys = torch.cat([attn.to_k(hidden[s]), attn.to_k(refs.reshape(s * n, -1))])
+    values = torch.cat([attn.to_v(hidden[s]), attn.to_v(refs.reshape(s * n, -1))])
+    scores = (q @ split(keys).transpose(-1, -2)) * attn.scale
+    weights = scores.masked_fill(~full, float("-inf")).softmax(dim=-1)
+    out = (weights @ split(values)).transpose(0, 1).reshape(n, -1)
+    return attn.to_out[0](out)
+
+
+@pytest.mark.parametrize("variant", ["extended", "mutual", "isolation", "reposition", "both"])
+@pytest.mark.parametrize("key_bias", [False, True])
+def test_gathered_reference_keys_equal_the_dense_computation(variant, key_bias):
+    """Gathering only the seen reference tokens (and sampling keys/values instead of hidden states)
+    changes nothing against attending to every reference position under the full mask."""
+    torch.manual_seed(0)
+    attn = _tiny_attention()
+    if key_bias:  # a layer with a key bias takes the project-the-sampled-states path
+        attn.to_k.bias = torch.nn.Parameter(torch.randn(attn.to_k.out_features))
+    state = IRState(backend="math")
+    layout = random_layout(p=1, s=2, size=16, seed=3)
+    state.configure(IRSettings.variant(variant), **layout)
+    processor = install_single(attn, state)
+    hidden = torch.randn(3, 64, 16)
+    with torch.no_grad():
+        got = processor(attn, hidden)[2]
+        expected = _dense_target_attention(attn, hidden, state, 64)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
