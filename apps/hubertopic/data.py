@@ -33,9 +33,11 @@ from apps.hubertopic.formats import Utterance, read_librispeech, read_manifest
 from apps.hubertopic.labels import (
     ORACLE_FIELDS,
     TOPIC_DOCUMENTS,
+    TOPIC_UNITS,
     Topics,
     UnitLabels,
     compute_features,
+    fit_segment_units,
     fit_topics,
     fit_units,
     metadata_topics,
@@ -44,6 +46,9 @@ from apps.hubertopic.labels import (
 log = logging.getLogger(__name__)
 
 TOPIC_TARGETS = ("hard", "soft")
+SEGMENT_DEFAULTS = {"frames": 40, "hop": 5, "pool": 4, "num_classes": 1000, "n_mfcc": 13}
+"""Windows for `topics.units=segments`: 40 frames of 10 ms (400 ms) every 50 ms, pooled to 10 steps
+of 13 speaker-normalised MFCCs, clustered into 1000 acoustic words."""
 
 
 def _digest(payload: Any) -> str:
@@ -187,8 +192,10 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             "max_iter": 50,
             "documents": "counts",
             "oracle": None,
+            "units": "labels",
             **dict(topics or {}),
         }
+        self.topic_cfg["segments"] = {**SEGMENT_DEFAULTS, **dict(self.topic_cfg.get("segments") or {})}
         if self.label_cfg["source"] not in ("mfcc", "model"):
             raise ValueError(
                 f"app.data.labels.source: expected mfcc or model, got {self.label_cfg['source']!r}"
@@ -201,6 +208,15 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             raise ValueError(
                 f"app.data.topics.documents: expected one of {TOPIC_DOCUMENTS}, "
                 f"got {self.topic_cfg['documents']!r}"
+            )
+        if self.topic_cfg["units"] not in TOPIC_UNITS:
+            raise ValueError(
+                f"app.data.topics.units: expected one of {TOPIC_UNITS}, got {self.topic_cfg['units']!r}"
+            )
+        unknown = sorted(set(self.topic_cfg["segments"]) - set(SEGMENT_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"app.data.topics.segments: unknown key(s) {unknown}; expected {sorted(SEGMENT_DEFAULTS)}"
             )
         if self.topic_cfg["oracle"] is not None and self.topic_cfg["oracle"] not in ORACLE_FIELDS:
             raise ValueError(
@@ -322,21 +338,56 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
         topic_cfg = {k: self.topic_cfg[k] for k in ("num_topics", "ngram", "max_iter")}
         if self.topic_cfg["documents"] != "counts":  # the default keeps the digest of earlier caches
             topic_cfg["documents"] = self.topic_cfg["documents"]
+        words = units.labels
+        if self.topic_cfg["units"] == "segments":
+            topic_cfg["segments"] = dict(self.topic_cfg["segments"])
+            topic_cfg["collapse"] = False
+            words = self._segment_units(folder, utts).labels
         topics_path = folder / f"topics_{_digest(topic_cfg)}.npz"
         if topics_path.is_file():
             topics = Topics.load(topics_path)
         else:
             topics = fit_topics(
-                units.labels,
+                words,
                 int(topic_cfg["num_topics"]),
                 ngram=int(topic_cfg["ngram"]),
                 seed=self.seed,
                 max_iter=int(topic_cfg["max_iter"]),
                 documents=self.topic_cfg["documents"],
                 speakers={u.utt_id: u.meta.get("speaker", "") for u in utts},
+                collapse=self.topic_cfg["units"] == "labels",
             )
             topics.save(topics_path)
         self.units, self.topics = units, topics
+
+    def _segment_units(self, folder: Path, utts: list[Utterance]) -> UnitLabels:
+        """The acoustic words of `topics.units=segments` (cached beside the units): windows of
+        speaker-normalised MFCCs clustered by k-means, see `labels.fit_segment_units`."""
+        cfg = self.topic_cfg["segments"]
+        path = folder / f"segments_{_digest(cfg)}.npz"
+        if path.is_file():
+            return UnitLabels.load(path)
+        n_mfcc = int(cfg["n_mfcc"])
+        by_id = {u.utt_id: u for u in utts}
+        features = compute_features(  # the static coefficients: Δ and ΔΔ add little to a window
+            list(by_id),
+            lambda utt: mfcc_features(load_audio(by_id[utt].path), n_mfcc)[:, :n_mfcc].numpy(),
+            "features for segment k-means",
+        )
+        speakers = {u.utt_id: u.meta.get("speaker", "") for u in utts}
+        labels = fit_segment_units(
+            features,
+            int(cfg["num_classes"]),
+            length=int(cfg["frames"]),
+            hop=int(cfg["hop"]),
+            pool=int(cfg["pool"]),
+            speakers=speakers,
+            seed=self.seed,
+        )
+        segments = UnitLabels(labels, MFCC_HOP * int(cfg["hop"]), int(cfg["num_classes"]))
+        segments.save(path)
+        log.info("segment units (K=%d) for the topic model in %s", segments.num_classes, path)
+        return segments
 
     def setup(self, stage: str | None = None) -> None:
         if self.units is None or self.topics is None:

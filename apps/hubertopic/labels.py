@@ -89,14 +89,15 @@ def compute_features(
     return {utt: featurize(utt) for utt in tqdm(utt_ids, desc=desc, unit="utt")}
 
 
-def unit_document(units: np.ndarray, ngram: int = 1) -> list[str]:
-    """Words of an utterance's document: units with consecutive repeats collapsed, plus n-grams
-    up to `ngram` (`"5_9"` for the bigram 5 → 9)."""
+def unit_document(units: np.ndarray, ngram: int = 1, collapse: bool = True) -> list[str]:
+    """Words of an utterance's document: units with consecutive repeats collapsed (unless
+    `collapse=False`), plus n-grams up to `ngram` (`"5_9"` for the bigram 5 → 9)."""
     units = np.asarray(units)
     if units.size == 0:
         return []
     keep = np.ones(len(units), dtype=bool)
-    keep[1:] = units[1:] != units[:-1]
+    if collapse:
+        keep[1:] = units[1:] != units[:-1]
     collapsed = [str(u) for u in units[keep]]
     words = list(collapsed)
     for n in range(2, ngram + 1):
@@ -140,6 +141,96 @@ class Topics:
             return cls(
                 [str(u) for u in archive["utt_ids"]], archive["theta"].astype(np.float64), info["perplexity"]
             )
+
+
+TOPIC_UNITS = ("labels", "segments")
+"""What a topic document's words are: the pseudo-labels the model predicts (the paper), or
+`segments`, clustered multi-frame windows of speaker-normalised MFCCs (`fit_segment_units`)."""
+
+
+def speaker_normalise(
+    features: dict[str, np.ndarray], speakers: dict[str, str] | None
+) -> dict[str, np.ndarray]:
+    """Mean/variance normalisation of frames `(F, D)` per speaker (all of a speaker's frames), or
+    per utterance for an utterance without a speaker. Removes much of a voice's fixed timbre, so
+    that what stays is closer to what was said."""
+    groups: dict[str, list[str]] = {}
+    for utt in features:
+        speaker = (speakers or {}).get(utt) or f"\0utt:{utt}"
+        groups.setdefault(speaker, []).append(utt)
+    out: dict[str, np.ndarray] = {}
+    for members in groups.values():
+        stacked = np.concatenate([features[u] for u in members], axis=0)
+        mean, std = stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
+        for utt in members:
+            out[utt] = ((features[utt] - mean) / std).astype(np.float32)
+    return out
+
+
+def segment_windows(frames: np.ndarray, length: int, hop: int, pool: int) -> np.ndarray:
+    """Windows of `length` frames every `hop` frames, each average-pooled over time by `pool` and
+    flattened: `(n, (length // pool) · D)`; none when the utterance is shorter than `length`."""
+    if length < 1 or hop < 1 or pool < 1 or length % pool:
+        raise ValueError(
+            f"app.data.topics.segments: frames ({length}), hop ({hop}) and pool ({pool}) must be "
+            "positive, and frames a multiple of pool"
+        )
+    frames = np.asarray(frames, dtype=np.float32)
+    count = (len(frames) - length) // hop + 1
+    if count <= 0:
+        return np.zeros((0, (length // pool) * frames.shape[1]), dtype=np.float32)
+    index = np.arange(length)[None, :] + hop * np.arange(count)[:, None]
+    windows = frames[index].reshape(count, length // pool, pool, frames.shape[1]).mean(axis=2)
+    return windows.reshape(count, -1)
+
+
+def fit_segment_units(
+    features: dict[str, np.ndarray],
+    num_classes: int,
+    *,
+    length: int,
+    hop: int,
+    pool: int,
+    speakers: dict[str, str] | None = None,
+    seed: int = 0,
+    max_fit_windows: int = 100_000,
+) -> dict[str, np.ndarray]:
+    """Acoustic "words" for the topic model: k-means over windows of `length` frames (about a
+    syllable or a short word at 10 ms frames) of speaker-normalised features.
+
+    A single 10 ms MFCC unit says mostly who speaks (which units a voice's timbre falls into), and
+    n-grams of such units are too sparse to repeat across speakers; a pooled window of a few hundred
+    milliseconds, clustered after speaker normalisation, recurs wherever the same stretch of speech is
+    said, whoever says it. Returns one window label sequence per utterance (hop `hop` frames).
+    """
+    normalised = speaker_normalise(features, speakers)
+    windows = {utt: segment_windows(f, length, hop, pool) for utt, f in normalised.items()}
+    stacked = np.concatenate(list(windows.values()), axis=0)
+    if len(stacked) < num_classes:
+        raise ValueError(
+            f"app.data.topics.segments.num_classes={num_classes} needs at least that many windows of "
+            f"{length} frames; the corpus has {len(stacked)}"
+        )
+    rng = np.random.default_rng(seed)
+    fit_rows = (
+        stacked
+        if len(stacked) <= max_fit_windows
+        else stacked[rng.choice(len(stacked), max_fit_windows, replace=False)]
+    )
+    kmeans = MiniBatchKMeans(
+        n_clusters=num_classes, batch_size=10_000, random_state=seed, n_init=3, max_iter=100
+    ).fit(fit_rows)
+    log.info(
+        "segment k-means K=%d on %d windows of %d frames (pool %d, hop %d)",
+        num_classes,
+        len(fit_rows),
+        length,
+        pool,
+        hop,
+    )
+    return {
+        utt: (kmeans.predict(w) if len(w) else np.zeros(0)).astype(np.int64) for utt, w in windows.items()
+    }
 
 
 TOPIC_DOCUMENTS = ("counts", "speaker_residual")
@@ -217,11 +308,14 @@ def fit_topics(
     max_iter: int = 50,
     documents: str = "counts",
     speakers: dict[str, str] | None = None,
+    collapse: bool = True,
 ) -> Topics:
     """LDA with `num_topics` topics over the unit documents of all utterances.
 
     `documents`: `counts` (each utterance's unit counts) or `speaker_residual` (those counts minus
     the speaker's usual profile, `speaker_residual`; needs `speakers`, utterance id -> speaker).
+    `collapse`: merge consecutive repeats of a unit (the paper's documents); overlapping windows
+    (`fit_segment_units`) are counted each, their hop being the document's time step.
     """
     if documents not in TOPIC_DOCUMENTS:
         raise ValueError(f"app.data.topics.documents: expected one of {TOPIC_DOCUMENTS}, got {documents!r}")
@@ -233,7 +327,7 @@ def fit_topics(
                 "app.data.topics.documents=speaker_residual needs every utterance's speaker; none for "
                 f"{len(missing)} utterance(s), e.g. {missing[0]} (a LibriSpeech-layout corpus gives it)"
             )
-    texts = [unit_document(units[u], ngram) for u in utt_ids]
+    texts = [unit_document(units[u], ngram, collapse) for u in utt_ids]
     counts: dict[str, int] = {}
     for words in texts:
         for word in words:

@@ -96,3 +96,27 @@ def test_oracle_topics_are_the_metadata_and_check_their_count(tmp_path: Path, li
         datamodule(tmp_path, librispeech, topics={"num_topics": 3, "oracle": "gender"}).prepare_data()
     with pytest.raises(ValueError, match="topics.oracle"):
         datamodule(tmp_path, librispeech, topics={"oracle": "accent"})
+
+
+def test_segment_topics_are_cached_beside_the_units_and_check_their_keys(tmp_path: Path, librispeech: Path):
+    topics = {
+        "num_topics": 2,
+        "max_iter": 5,
+        "units": "segments",
+        "segments": {"frames": 8, "hop": 2, "pool": 4, "num_classes": 4},
+    }
+    dm = datamodule(tmp_path, librispeech, topics=topics)
+    dm.prepare_data()
+    folder = dm._label_dir()
+    assert len(list(folder.glob("segments_*.npz"))) == 1 and len(list(folder.glob("topics_*.npz"))) == 1
+    assert dm.units.num_classes == 8  # masked prediction keeps its MFCC units
+    again = datamodule(tmp_path, librispeech, topics=topics)
+    again.prepare_data()
+    assert np.array_equal(again.topics.theta, dm.topics.theta)
+    plain = datamodule(tmp_path, librispeech)
+    plain.prepare_data()
+    assert len(list(folder.glob("topics_*.npz"))) == 2  # same units and folder, another topic cache
+    with pytest.raises(ValueError, match="topics.units"):
+        datamodule(tmp_path, librispeech, topics={"units": "words"})
+    with pytest.raises(ValueError, match=r"topics.segments: unknown key\(s\) \['window'\]"):
+        datamodule(tmp_path, librispeech, topics={"units": "segments", "segments": {"window": 3}})

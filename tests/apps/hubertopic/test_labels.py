@@ -10,7 +10,17 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from apps.hubertopic.audio import MFCC_HOP, align_labels, mfcc_features, model_frames
-from apps.hubertopic.labels import Topics, UnitLabels, fit_topics, fit_units, speaker_residual, unit_document
+from apps.hubertopic.labels import (
+    Topics,
+    UnitLabels,
+    fit_segment_units,
+    fit_topics,
+    fit_units,
+    segment_windows,
+    speaker_normalise,
+    speaker_residual,
+    unit_document,
+)
 from apps.hubertopic.model import HuBERTopic
 
 
@@ -112,3 +122,70 @@ def test_residual_topics_follow_content_not_speaker():
         fit_topics(units, 2, documents="speaker_residual", speakers={"u00": "s0"})
     with pytest.raises(ValueError, match="topics.documents"):
         fit_topics(units, 2, documents="words")
+
+
+def test_segment_windows_pool_in_time_and_skip_short_utterances():
+    frames = np.arange(24, dtype=np.float32).reshape(12, 2)
+    windows = segment_windows(frames, length=4, hop=2, pool=2)
+    assert windows.shape == (5, 4)  # (12 - 4) // 2 + 1 windows of 2 pooled steps × 2 dims
+    assert np.allclose(windows[0], np.r_[frames[0:2].mean(0), frames[2:4].mean(0)])
+    assert np.allclose(windows[4], np.r_[frames[8:10].mean(0), frames[10:12].mean(0)])
+    assert segment_windows(frames[:3], length=4, hop=2, pool=2).shape == (0, 4)
+    with pytest.raises(ValueError, match="topics.segments"):
+        segment_windows(frames, length=5, hop=2, pool=2)
+
+
+def test_speaker_normalise_per_speaker_and_alone_without_one():
+    rng = np.random.default_rng(0)
+    features = {
+        "a1": rng.normal(5, 3, (30, 2)),
+        "a2": rng.normal(5, 3, (20, 2)),
+        "b1": rng.normal(-2, 0.5, (25, 2)),
+        "x": rng.normal(9, 2, (10, 2)),
+    }
+    out = speaker_normalise(features, {"a1": "a", "a2": "a", "b1": "b"})
+    a = np.concatenate([out["a1"], out["a2"]])
+    for group in (a, out["b1"], out["x"]):
+        assert np.allclose(group.mean(0), 0, atol=1e-5) and np.allclose(group.std(0), 1, atol=1e-3)
+    # the two utterances of speaker a share one transform: their difference is kept
+    assert out["a1"].mean() != pytest.approx(out["a2"].mean(), abs=1e-6)
+
+
+def _spoken_corpus(seed: int = 0):
+    """4 voices × 12 utterances; each utterance says 10 words of its topic. Every word is the four
+    frame prototypes, 3 frames each, in a word-specific order, so every utterance has the same
+    frame histogram: only the order of frames, across ~100 ms, tells the topics apart."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(0, 1, (4, 6))
+    words = {0: [(0, 1, 2, 3), (1, 0, 3, 2), (2, 3, 0, 1)], 1: [(3, 2, 1, 0), (0, 2, 1, 3), (1, 3, 0, 2)]}
+    features, speakers, topic = {}, {}, {}
+    for spk in range(4):
+        scale, offset = rng.uniform(0.5, 2.0, 6), rng.normal(0, 3, 6)  # the voice
+        for n in range(12):
+            utt, label = f"s{spk}-{n:02d}", n % 2
+            said = [words[label][i] for i in rng.integers(0, 3, 10)]
+            frames = np.concatenate([np.repeat(prototypes[list(w)], 3, axis=0) for w in said])
+            features[utt] = (frames + rng.normal(0, 0.1, frames.shape)) * scale + offset
+            speakers[utt], topic[utt] = f"s{spk}", label
+    return features, speakers, topic
+
+
+def test_segment_units_let_topics_follow_what_is_said_where_frame_units_cannot():
+    features, speakers, topic = _spoken_corpus()
+    segments = fit_segment_units(features, 24, length=12, hop=3, pool=3, speakers=speakers, seed=0)
+    assert {u: len(s) for u, s in segments.items()} == {u: (120 - 12) // 3 + 1 for u in features}
+    by_segments = fit_topics(
+        segments, 2, seed=0, documents="speaker_residual", speakers=speakers, collapse=False
+    )
+    frames = fit_units(features, 8, seed=0)
+    by_frames = fit_topics(frames, 2, seed=0, documents="speaker_residual", speakers=speakers)
+    truth = [topic[u] for u in by_segments.utt_ids]
+    assert normalized_mutual_info_score(truth, by_segments.hard) > 0.8
+    assert normalized_mutual_info_score(truth, by_frames.hard) < 0.3
+    with pytest.raises(ValueError, match="segments.num_classes=5000"):
+        fit_segment_units(features, 5000, length=12, hop=3, pool=3, speakers=speakers)
+
+
+def test_unit_document_keeps_repeats_when_asked():
+    assert unit_document(np.array([5, 5, 9]), collapse=False) == ["5", "5", "9"]
+    assert unit_document(np.array([5, 5, 9])) == ["5", "9"]
