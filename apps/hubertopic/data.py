@@ -149,7 +149,10 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             `documents` (`counts` | `speaker_residual`: each utterance's units minus its speaker's
             usual profile, see `labels.speaker_residual`), `oracle` (null, or `speaker` | `gender`
             | `theme`: one-hot topics from that metadata field instead of LDA, a diagnostic upper
-            bound; `num_topics` must equal the number of its values).
+            bound; `num_topics` must equal the number of its values), `units` (`labels`: the
+            documents' words are the pseudo-labels; `segments`: acoustic words, k-means of windows
+            of speaker-normalised MFCCs, sized by `segments` = `frames`, `hop`, `pool`,
+            `num_classes`, `n_mfcc`; see `labels.fit_segment_units`).
         max_seconds: training crop length (validation and probes use whole utterances).
         valid_fraction: validation share when splitting a LibriSpeech folder by utterance id.
     """
@@ -355,7 +358,7 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
                 max_iter=int(topic_cfg["max_iter"]),
                 documents=self.topic_cfg["documents"],
                 speakers={u.utt_id: u.meta.get("speaker", "") for u in utts},
-                collapse=self.topic_cfg["units"] == "labels",
+                collapse=bool(topic_cfg.get("collapse", True)),
             )
             topics.save(topics_path)
         self.units, self.topics = units, topics
