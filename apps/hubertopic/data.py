@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from apps.common.data import SplitLoaders, seeded_loader
@@ -49,6 +50,34 @@ TOPIC_TARGETS = ("hard", "soft")
 SEGMENT_DEFAULTS = {"frames": 40, "hop": 5, "pool": 4, "num_classes": 1000, "n_mfcc": 13}
 """Windows for `topics.units=segments`: 40 frames of 10 ms (400 ms) every 50 ms, pooled to 10 steps
 of 13 speaker-normalised MFCCs, clustered into 1000 acoustic words."""
+TOPIC_DEFAULTS = {
+    "num_topics": 10,
+    "ngram": 1,
+    "targets": "hard",
+    "max_iter": 50,
+    "documents": "counts",
+    "oracle": None,
+    "units": "labels",
+}
+
+
+def topic_config(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    """One topic model's settings (`app.data.topics`, or its `second`) with defaults filled in and
+    every value checked; errors name the config `key`."""
+    cfg = {**TOPIC_DEFAULTS, **raw}
+    cfg["segments"] = {**SEGMENT_DEFAULTS, **dict(cfg.get("segments") or {})}
+    choices = {"documents": TOPIC_DOCUMENTS, "units": TOPIC_UNITS, "targets": TOPIC_TARGETS}
+    for name, allowed in choices.items():
+        if cfg[name] not in allowed:
+            raise ValueError(f"{key}.{name}: expected one of {allowed}, got {cfg[name]!r}")
+    unknown = sorted(set(cfg["segments"]) - set(SEGMENT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{key}.segments: unknown key(s) {unknown}; expected {sorted(SEGMENT_DEFAULTS)}")
+    if cfg["oracle"] is not None and cfg["oracle"] not in ORACLE_FIELDS:
+        raise ValueError(f"{key}.oracle: expected null or one of {ORACLE_FIELDS}, got {cfg['oracle']!r}")
+    if int(cfg["num_topics"]) < 1:
+        raise ValueError(f"{key}.num_topics: expected at least 1, got {cfg['num_topics']!r}")
+    return cfg
 
 
 def _digest(payload: Any) -> str:
@@ -60,8 +89,9 @@ def _hash_fraction(utt_id: str, salt: str) -> float:
 
 
 class UtteranceDataset(Dataset):
-    """Items `{utt_id, waveform (T,), units (F,), topic}`; training items are cropped to
-    `max_samples` at a 20 ms frame boundary so the units stay aligned."""
+    """Items `{utt_id, waveform (T,), units (F,), topic[, topic2]}`; training items are cropped to
+    `max_samples` at a 20 ms frame boundary so the units stay aligned. `topics2` / `topic_targets2`
+    are the labels of a second topic model (`topics.second`), if any."""
 
     def __init__(
         self,
@@ -72,8 +102,12 @@ class UtteranceDataset(Dataset):
         topic_targets: str,
         max_samples: int | None,
         seed: int,
+        topics2: dict[str, np.ndarray] | None = None,
+        topic_targets2: str = "hard",
     ) -> None:
         self.utterances = utterances
+        self.topics2 = topics2
+        self.topic_targets2 = topic_targets2
         self.units = units
         self.unit_hop = unit_hop
         self.topics = topics
@@ -103,18 +137,20 @@ class UtteranceDataset(Dataset):
         if units is not None:
             item["units"] = units
         if self.topics is not None:
-            theta = self.topics[utt.utt_id]
-            item["topic"] = (
-                torch.tensor(int(theta.argmax()))
-                if self.topic_targets == "hard"
-                else torch.from_numpy(theta).float()
-            )
+            item["topic"] = _topic_target(self.topics[utt.utt_id], self.topic_targets)
+        if self.topics2 is not None:
+            item["topic2"] = _topic_target(self.topics2[utt.utt_id], self.topic_targets2)
         return item
+
+
+def _topic_target(theta: np.ndarray, targets: str) -> Tensor:
+    """The argmax topic (`hard`) or the whole distribution θ (`soft`)."""
+    return torch.tensor(int(theta.argmax())) if targets == "hard" else torch.from_numpy(theta).float()
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Pad to the longest waveform: `waveforms (B, T)`, `lengths (B,)`, `units (B, F)` (0 on padding),
-    `topics (B,)` or `(B, T_topics)`, `utt_ids`."""
+    `topics (B,)` or `(B, T_topics)` (and `topics2` from a second topic model), `utt_ids`."""
     lengths = torch.tensor([len(item["waveform"]) for item in items])
     waveforms = torch.zeros(len(items), int(lengths.max()))
     for row, item in enumerate(items):
@@ -131,6 +167,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         batch["units"] = units
     if "topic" in items[0]:
         batch["topics"] = torch.stack([item["topic"] for item in items])
+    if "topic2" in items[0]:
+        batch["topics2"] = torch.stack([item["topic2"] for item in items])
     return batch
 
 
@@ -152,7 +190,10 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             bound; `num_topics` must equal the number of its values), `units` (`labels`: the
             documents' words are the pseudo-labels; `segments`: acoustic words, k-means of windows
             of speaker-normalised MFCCs, sized by `segments` = `frames`, `hop`, `pool`,
-            `num_classes`, `n_mfcc`; see `labels.fit_segment_units`).
+            `num_classes`, `n_mfcc`; see `labels.fit_segment_units`), and `second` (null, or a
+            mapping of any of these keys: a second topic model whose labels train a second topic
+            head, e.g. `{units: labels, documents: counts}` beside acoustic-word topics; unset keys
+            follow the first model).
         max_seconds: training crop length (validation and probes use whole utterances).
         valid_fraction: validation share when splitting a LibriSpeech folder by utterance id.
     """
@@ -188,17 +229,6 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             "max_fit_frames": 200_000,
             **dict(labels or {}),
         }
-        self.topic_cfg = {
-            "num_topics": 10,
-            "ngram": 1,
-            "targets": "hard",
-            "max_iter": 50,
-            "documents": "counts",
-            "oracle": None,
-            "units": "labels",
-            **dict(topics or {}),
-        }
-        self.topic_cfg["segments"] = {**SEGMENT_DEFAULTS, **dict(self.topic_cfg.get("segments") or {})}
         if self.label_cfg["source"] not in ("mfcc", "model"):
             raise ValueError(
                 f"app.data.labels.source: expected mfcc or model, got {self.label_cfg['source']!r}"
@@ -207,28 +237,26 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             raise ValueError(
                 "app.data.labels.source=model needs app.data.labels.checkpoint=<iteration-1 ckpt>"
             )
-        if self.topic_cfg["documents"] not in TOPIC_DOCUMENTS:
-            raise ValueError(
-                f"app.data.topics.documents: expected one of {TOPIC_DOCUMENTS}, "
-                f"got {self.topic_cfg['documents']!r}"
-            )
-        if self.topic_cfg["units"] not in TOPIC_UNITS:
-            raise ValueError(
-                f"app.data.topics.units: expected one of {TOPIC_UNITS}, got {self.topic_cfg['units']!r}"
-            )
-        unknown = sorted(set(self.topic_cfg["segments"]) - set(SEGMENT_DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f"app.data.topics.segments: unknown key(s) {unknown}; expected {sorted(SEGMENT_DEFAULTS)}"
-            )
-        if self.topic_cfg["oracle"] is not None and self.topic_cfg["oracle"] not in ORACLE_FIELDS:
-            raise ValueError(
-                f"app.data.topics.oracle: expected null or one of {ORACLE_FIELDS}, "
-                f"got {self.topic_cfg['oracle']!r}"
-            )
-        if self.topic_cfg["targets"] not in TOPIC_TARGETS:
-            raise ValueError(
-                f"app.data.topics.targets: expected one of {TOPIC_TARGETS}, got {self.topic_cfg['targets']!r}"
+        raw_topics = dict(topics or {})
+        second = raw_topics.pop("second", None)
+        self.topic_cfg = topic_config(raw_topics, "app.data.topics")
+        self.second_cfg: dict[str, Any] | None = None
+        if second is not None:
+            if not hasattr(second, "keys"):
+                raise ValueError(
+                    f"app.data.topics.second: expected null or a mapping of topic-model keys, got {second!r}"
+                )
+            second = dict(second)
+            unknown = sorted(set(second) - set(TOPIC_DEFAULTS) - {"segments"})
+            if unknown:
+                raise ValueError(
+                    f"app.data.topics.second: unknown key(s) {unknown}; expected some of "
+                    f"{sorted((*TOPIC_DEFAULTS, 'segments'))}"
+                )
+            # unset keys follow the main topic model (`segments` key by key)
+            segments = {**self.topic_cfg["segments"], **dict(second.pop("segments", None) or {})}
+            self.second_cfg = topic_config(
+                {**self.topic_cfg, **second, "segments": segments}, "app.data.topics.second"
             )
         self.max_samples = None if max_seconds is None else int(max_seconds * 16_000)
         self.valid_fraction = valid_fraction
@@ -241,6 +269,7 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
         self.transcripts: dict[str, str] = {}
         self.units: UnitLabels | None = None
         self.topics: Topics | None = None
+        self.topics2: Topics | None = None
 
     # ------------------------------------------------------------------ corpus
     @property
@@ -332,41 +361,46 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             units = UnitLabels(labels, hop, int(self.label_cfg["num_classes"]))
             units.save(units_path)
             log.info("unit labels (%s, K=%d) in %s", self.label_cfg["source"], units.num_classes, units_path)
-        oracle = self.topic_cfg["oracle"]
+        self.topics = self._fit_topics(self.topic_cfg, units, folder, utts)
+        if self.second_cfg is not None:
+            self.topics2 = self._fit_topics(self.second_cfg, units, folder, utts)
+        self.units = units
+
+    def _fit_topics(
+        self, cfg: dict[str, Any], units: UnitLabels, folder: Path, utts: list[Utterance]
+    ) -> Topics:
+        """One topic model (`topics`, or `topics.second`), cached beside the units by its settings."""
+        oracle = cfg["oracle"]
         if oracle is not None:
             values = {u.utt_id: u.meta.get(oracle, "") for u in utts}
-            topics = metadata_topics(values, oracle, int(self.topic_cfg["num_topics"]))
-            self.units, self.topics = units, topics
-            return
-        topic_cfg = {k: self.topic_cfg[k] for k in ("num_topics", "ngram", "max_iter")}
-        if self.topic_cfg["documents"] != "counts":  # the default keeps the digest of earlier caches
-            topic_cfg["documents"] = self.topic_cfg["documents"]
+            return metadata_topics(values, oracle, int(cfg["num_topics"]))
+        topic_cfg = {k: cfg[k] for k in ("num_topics", "ngram", "max_iter")}
+        if cfg["documents"] != "counts":  # the default keeps the digest of earlier caches
+            topic_cfg["documents"] = cfg["documents"]
         words = units.labels
-        if self.topic_cfg["units"] == "segments":
-            topic_cfg["segments"] = dict(self.topic_cfg["segments"])
+        if cfg["units"] == "segments":
+            topic_cfg["segments"] = dict(cfg["segments"])
             topic_cfg["collapse"] = False
-            words = self._segment_units(folder, utts).labels
+            words = self._segment_units(folder, utts, cfg["segments"]).labels
         topics_path = folder / f"topics_{_digest(topic_cfg)}.npz"
         if topics_path.is_file():
-            topics = Topics.load(topics_path)
-        else:
-            topics = fit_topics(
-                words,
-                int(topic_cfg["num_topics"]),
-                ngram=int(topic_cfg["ngram"]),
-                seed=self.seed,
-                max_iter=int(topic_cfg["max_iter"]),
-                documents=self.topic_cfg["documents"],
-                speakers={u.utt_id: u.meta.get("speaker", "") for u in utts},
-                collapse=bool(topic_cfg.get("collapse", True)),
-            )
-            topics.save(topics_path)
-        self.units, self.topics = units, topics
+            return Topics.load(topics_path)
+        topics = fit_topics(
+            words,
+            int(topic_cfg["num_topics"]),
+            ngram=int(topic_cfg["ngram"]),
+            seed=self.seed,
+            max_iter=int(topic_cfg["max_iter"]),
+            documents=cfg["documents"],
+            speakers={u.utt_id: u.meta.get("speaker", "") for u in utts},
+            collapse=bool(topic_cfg.get("collapse", True)),
+        )
+        topics.save(topics_path)
+        return topics
 
-    def _segment_units(self, folder: Path, utts: list[Utterance]) -> UnitLabels:
+    def _segment_units(self, folder: Path, utts: list[Utterance], cfg: dict[str, Any]) -> UnitLabels:
         """The acoustic words of `topics.units=segments` (cached beside the units): windows of
         speaker-normalised MFCCs clustered by k-means, see `labels.fit_segment_units`."""
-        cfg = self.topic_cfg["segments"]
         path = folder / f"segments_{_digest(cfg)}.npz"
         if path.is_file():
             return UnitLabels.load(path)
@@ -406,10 +440,13 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
     # ------------------------------------------------------------------ model arguments
     def model_overrides(self) -> dict[str, Any]:
         """The number of units and topics come from the data (stored with the model config)."""
-        return {
+        overrides = {
             "num_classes": int(self.label_cfg["num_classes"]),
             "num_topics": int(self.topic_cfg["num_topics"]),
         }
+        if self.second_cfg is not None:
+            overrides["num_topics2"] = int(self.second_cfg["num_topics"])
+        return overrides
 
     def use_model_config(self, model_config: dict[str, Any]) -> None:
         """Evaluation of a checkpoint: label and topic sizes as the model was trained with."""
@@ -417,6 +454,8 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             self.label_cfg["num_classes"] = int(model_config["num_classes"])
         if model_config.get("num_topics"):
             self.topic_cfg["num_topics"] = int(model_config["num_topics"])
+        if model_config.get("num_topics2") and self.second_cfg is not None:
+            self.second_cfg["num_topics"] = int(model_config["num_topics2"])
 
     def dataset(self, split: str) -> UtteranceDataset:
         if not self.splits:
@@ -430,6 +469,8 @@ class HuBERTopicDataModule(SplitLoaders, pl.LightningDataModule):
             self.topic_cfg["targets"],
             self.max_samples if split == "train" else None,
             self.seed,
+            topics2=self.topics2.as_dict() if self.topics2 is not None else None,
+            topic_targets2=self.second_cfg["targets"] if self.second_cfg is not None else "hard",
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -89,6 +89,8 @@ class HuBERTopic(nn.Module):
         topic_pool: `all` valid frames (default) or only the `unmasked` ones feed the topic head.
         topic_norm: `none` (default) or `batch`: `BatchNorm1d` on the pooled features before the
             topic head's linear layer.
+        num_topics2: topics of a second topic model (`app.data.topics.second`; 0: none). Its head
+            reads the same pooled features as the first, with the same options.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class HuBERTopic(nn.Module):
         attention: Callable[..., nn.Module] | None = None,
         topic_pool: str = "all",
         topic_norm: str = "none",
+        num_topics2: int = 0,
     ) -> None:
         super().__init__()
         if topic_pool not in TOPIC_POOLS:
@@ -124,6 +127,7 @@ class HuBERTopic(nn.Module):
         self.topic_pool = topic_pool
         self.num_classes = num_classes
         self.num_topics = num_topics
+        self.num_topics2 = num_topics2
         self.num_layers = num_layers
         self.embed_dim = embed_dim
         self.topic_layer = topic_layer if topic_layer > 0 else num_layers + topic_layer + 1
@@ -170,6 +174,13 @@ class HuBERTopic(nn.Module):
         if num_topics > 0:
             linear = nn.Linear(embed_dim, num_topics)
             self.topic_head = NormalisedLinear(embed_dim, num_topics) if topic_norm == "batch" else linear
+        self.topic_head2: nn.Module | None = None
+        if num_topics2 > 0:
+            self.topic_head2 = (
+                NormalisedLinear(embed_dim, num_topics2)
+                if topic_norm == "batch"
+                else nn.Linear(embed_dim, num_topics2)
+            )
 
     # ------------------------------------------------------------------ shared pieces
     def _front_end(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -197,8 +208,9 @@ class HuBERTopic(nn.Module):
 
         Args: `waveforms (B, T)`, `labels (B, F)` units at the model's frames, `lengths (B,)` samples.
         Returns a dict: `logit_m (M, K+1)` / `logit_u (U, K+1)` (column 0 is the target, as in
-        torchaudio), `feature_penalty` (scalar), `topic_logits (B, T_topics)` or None, `valid (B, F)`,
-        `mask (B, F)` (masked frames).
+        torchaudio), `feature_penalty` (scalar), `topic_logits (B, T_topics)` or None,
+        `topic_logits2 (B, T_topics2)` or None (the second topic head), `valid (B, F)`, `mask (B, F)`
+        (masked frames).
         """
         x, frame_lengths = self._front_end(waveforms, lengths)
         if self.hubert.feature_grad_mult is not None and self.hubert.feature_grad_mult < 1.0:
@@ -216,15 +228,20 @@ class HuBERTopic(nn.Module):
         mask_m = mask & valid
         mask_u = valid & ~mask_m
         logit_m, logit_u = self.hubert.logit_generator(hidden[-1], labels, mask_m, mask_u)
-        topic_logits = None
-        if self.topic_head is not None:
-            pooled = valid & ~mask_m if self.topic_pool == "unmasked" else valid
-            topic_logits = self.topic_head(self.pool(hidden[self.topic_layer - 1], pooled))
+        topic_logits = topic_logits2 = None
+        if self.topic_head is not None or self.topic_head2 is not None:
+            frames = valid & ~mask_m if self.topic_pool == "unmasked" else valid
+            pooled = self.pool(hidden[self.topic_layer - 1], frames)
+            if self.topic_head is not None:
+                topic_logits = self.topic_head(pooled)
+            if self.topic_head2 is not None:
+                topic_logits2 = self.topic_head2(pooled)
         return {
             "logit_m": logit_m,
             "logit_u": logit_u,
             "feature_penalty": feature_penalty,
             "topic_logits": topic_logits,
+            "topic_logits2": topic_logits2,
             "valid": valid,
             "mask": mask_m,
         }

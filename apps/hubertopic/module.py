@@ -2,7 +2,7 @@
 
 Loss (every term a mean, so λ weighs comparable scales):
 
-    L = L_mask + w_u · L_unmask + w_f · feature_penalty + λ · L_topic
+    L = L_mask + w_u · L_unmask + w_f · feature_penalty + λ · L_topic + λ₂ · L_topic2
 
 - `L_mask`: HuBERT's masked prediction, cross-entropy over the cosine-similarity logits of
   torchaudio's logit generator, mean over masked frames of the batch;
@@ -12,6 +12,8 @@ Loss (every term a mean, so λ weighs comparable scales):
   topic label, or with the soft LDA distribution θ_u (`−Σ_t θ_u,t log p_t`); `λ = topic_weight`
   (0: plain HuBERT). With `topic_ramp_epochs = r > 0`, λ rises linearly from 0 to its value over
   the first r epochs of training (per step), so masked prediction learns first.
+- `L_topic2`: the same for the labels of a second topic model (`app.data.topics.second`), through
+  its own head; `λ₂ = second_topic_weight` (null: λ), ramped alike.
 
 Test = the probes of `probes.py` on the test split (every utterance with speaker / gender / theme /
 transcript): utterance probes on mean-pooled features of every layer (headline: `probe_layer`),
@@ -65,6 +67,8 @@ class HuBERTopicModule(BaseModule):
     Args:
         topic_weight: λ of the topic loss (0: HuBERT).
         topic_ramp_epochs: epochs over which λ rises linearly from 0 (0: λ from the first step).
+        second_topic_weight: λ₂ of the second topic model's loss (null: the same as λ); used only
+            when the data module has a second topic model.
         unmasked_weight, feature_penalty_weight: see the module docstring.
         probe_layer: Transformer layer (1-based, negative from the end) of the headline probes.
         probe_test_fraction: share of utterances (by a hash of the id) the probes are scored on.
@@ -83,6 +87,7 @@ class HuBERTopicModule(BaseModule):
         model_config: dict[str, Any] | None = None,
         topic_weight: float = 0.0,
         topic_ramp_epochs: float = 0.0,
+        second_topic_weight: float | None = None,
         unmasked_weight: float = 0.0,
         feature_penalty_weight: float = 10.0,
         probe_layer: int = -1,
@@ -96,6 +101,7 @@ class HuBERTopicModule(BaseModule):
             raise ValueError(f"app.module.topic_ramp_epochs must be >= 0, got {topic_ramp_epochs}")
         self.topic_weight = topic_weight
         self.topic_ramp_epochs = topic_ramp_epochs
+        self.second_topic_weight = topic_weight if second_topic_weight is None else second_topic_weight
         self.unmasked_weight = unmasked_weight
         self.feature_penalty_weight = feature_penalty_weight
         self.probe_layer = probe_layer
@@ -120,11 +126,12 @@ class HuBERTopicModule(BaseModule):
         steps_per_epoch = max(1.0, batches / trainer.accumulate_grad_batches)
         return self.global_step / steps_per_epoch
 
-    def current_topic_weight(self) -> float:
-        """λ at this point of training: `topic_weight`, ramped over `topic_ramp_epochs`."""
+    def current_topic_weight(self, weight: float | None = None) -> float:
+        """λ (or `weight`, e.g. λ₂) at this point of training, ramped over `topic_ramp_epochs`."""
+        weight = self.topic_weight if weight is None else weight
         if not self.topic_ramp_epochs:
-            return self.topic_weight
-        return self.topic_weight * min(1.0, self._epoch_progress() / self.topic_ramp_epochs)
+            return weight
+        return weight * min(1.0, self._epoch_progress() / self.topic_ramp_epochs)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         out = self.model(batch["waveforms"], batch["units"], batch["lengths"])
@@ -139,15 +146,22 @@ class HuBERTopicModule(BaseModule):
             "unmask_acc": unmask_acc,
             "feature_penalty": out["feature_penalty"].detach(),
         }
-        if out["topic_logits"] is not None and "topics" in batch:
-            targets = batch["topics"]
-            result["topic_loss"] = topic_loss(out["topic_logits"], targets)
+        heads = (
+            ("topic", "topic_logits", "topics", self.topic_weight),
+            ("topic2", "topic_logits2", "topics2", self.second_topic_weight),
+        )
+        for name, output, key, full_weight in heads:
+            logits = out.get(output)
+            if logits is None or key not in batch:
+                continue
+            targets = batch[key]
+            result[f"{name}_loss"] = topic_loss(logits, targets)
             hard = targets if targets.dim() == 1 else targets.argmax(dim=-1)
-            result["topic_acc"] = (out["topic_logits"].argmax(dim=-1) == hard).float().mean()
-            weight = self.current_topic_weight()
+            result[f"{name}_acc"] = (logits.argmax(dim=-1) == hard).float().mean()
+            weight = self.current_topic_weight(full_weight)
             if weight:
-                total = total + weight * result["topic_loss"]
-            result["topic_weight"] = torch.tensor(weight)
+                total = total + weight * result[f"{name}_loss"]
+            result[f"{name}_weight"] = torch.tensor(weight)
         result["loss"] = total
         return result
 
@@ -216,6 +230,11 @@ class HuBERTopicModule(BaseModule):
             topic_labels = [int(theta[u].argmax()) for u in utt_ids]
             for name, value in probes.topic_nmi(topic_labels, facts).items():
                 metrics[f"test/nmi_topic_{name}"] = value
+        if getattr(datamodule, "topics2", None) is not None and utt_ids:
+            theta2 = datamodule.topics2.as_dict()
+            labels2 = [int(theta2[u].argmax()) for u in utt_ids]
+            for name, value in probes.topic_nmi(labels2, facts).items():
+                metrics[f"test/nmi_topic2_{name}"] = value
         for key, value in metrics.items():
             self.log(key, value)
         report = {

@@ -54,6 +54,8 @@ def smoke_run(tmp_path_factory) -> tuple[Path, list[str]]:
         "warmup_steps:null,warmup_fraction:0.5}",
         f"paths.output_root={out}",
         f"hydra.run.dir={out / 'run'}",
+        # a second topic model through its own head (experiment=hubertopic_long_two_topics)
+        "app.data.topics.second={documents:speaker_residual,num_topics:2}",
         *common,
         *TINY,
     )
@@ -65,8 +67,15 @@ def test_smoke_train_writes_units_topics_checkpoint_and_probes(smoke_run):
     run = out / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["monitor"] == "val/mask_loss" and metrics["monitored"] is not None
-    for key in ("test/speaker_acc", "test/gender_acc", "test/char_cer", "test/nmi_topic_speaker"):
+    for key in (
+        "test/speaker_acc",
+        "test/gender_acc",
+        "test/char_cer",
+        "test/nmi_topic_speaker",
+        "test/nmi_topic2_speaker",
+    ):
         assert key in metrics["test"], key
+    assert "train/topic2_loss" in metrics["fit"] and "val/topic2_loss" in metrics["fit"]
     assert list((out / "data" / "hubertopic" / "labels").glob("*/units.npz")) and list(
         (out / "data" / "hubertopic" / "labels").glob("*/topics_*.npz")
     )
@@ -81,7 +90,7 @@ def test_smoke_train_writes_units_topics_checkpoint_and_probes(smoke_run):
     assert (schedule["total_steps"], schedule["warmup_steps"], schedule["last_epoch"]) == (2, 1, 2)
     config = checkpoint["model_config"]
     assert config["_target_"] == "apps.hubertopic.model.HuBERTopic"
-    assert config["num_classes"] == 8 and config["num_topics"] == 3
+    assert config["num_classes"] == 8 and config["num_topics"] == 3 and config["num_topics2"] == 2
     assert config["attention"]["_target_"] == "shared_attention.MultiHeadAttention"
 
 

@@ -120,3 +120,34 @@ def test_segment_topics_are_cached_beside_the_units_and_check_their_keys(tmp_pat
         datamodule(tmp_path, librispeech, topics={"units": "words"})
     with pytest.raises(ValueError, match=r"topics.segments: unknown key\(s\) \['window'\]"):
         datamodule(tmp_path, librispeech, topics={"units": "segments", "segments": {"window": 3}})
+
+
+def test_a_second_topic_model_is_fitted_cached_and_batched(tmp_path: Path, librispeech: Path):
+    second = {"documents": "speaker_residual", "num_topics": 3, "targets": "soft"}
+    dm = datamodule(tmp_path, librispeech, topics={"num_topics": 2, "max_iter": 5, "second": second})
+    dm.setup("fit")
+    assert dm.model_overrides() == {"num_classes": 8, "num_topics": 2, "num_topics2": 3}
+    # unset keys follow the first model; the second's own keys win
+    assert dm.second_cfg["max_iter"] == 5 and dm.second_cfg["documents"] == "speaker_residual"
+    assert dm.topics2.theta.shape == (8, 3) and dm.topics.theta.shape == (8, 2)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["topics"].shape == (3,) and batch["topics2"].shape == (3, 3)
+    torch.testing.assert_close(batch["topics2"].sum(dim=1), torch.ones(3))
+    # the second model is the same LDA as a first model with its settings (one shared cache)
+    alone = datamodule(
+        tmp_path, librispeech, topics={"num_topics": 3, "max_iter": 5, "documents": "speaker_residual"}
+    )
+    alone.prepare_data()
+    assert np.array_equal(alone.topics.theta, dm.topics2.theta)
+    assert len(list(dm._label_dir().glob("topics_*.npz"))) == 2
+    # a plain module has no second labels
+    assert "topic2" not in datamodule(tmp_path, librispeech).dataset("test")[0]
+    # evaluation takes the head sizes from the checkpoint's model config
+    dm.use_model_config({"num_classes": 8, "num_topics": 2, "num_topics2": 4})
+    assert dm.second_cfg["num_topics"] == 4
+    with pytest.raises(ValueError, match=r"app.data.topics.second: unknown key\(s\) \['topics'\]"):
+        datamodule(tmp_path, librispeech, topics={"second": {"topics": 3}})
+    with pytest.raises(ValueError, match="app.data.topics.second.documents"):
+        datamodule(tmp_path, librispeech, topics={"second": {"documents": "residual"}})
+    with pytest.raises(ValueError, match="app.data.topics.second: expected null or a mapping"):
+        datamodule(tmp_path, librispeech, topics={"second": "labels"})

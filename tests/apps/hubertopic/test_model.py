@@ -192,3 +192,41 @@ def test_topic_head_options_pool_unmasked_frames_and_standardise():
         tiny(topic_pool="masked")
     with pytest.raises(ValueError, match="topic_norm"):
         tiny(topic_norm="layer")
+
+
+def test_a_second_topic_head_reads_the_same_pooled_features_with_its_own_weight(monkeypatch):
+    data = batch()
+    data["topics2"] = torch.tensor([1, 4])
+    model = tiny(num_topics2=5, topic_norm="batch").train()
+    seen = []
+    model.topic_head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model.topic_head2.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    out = model(data["waveforms"], data["units"], data["lengths"])
+    assert out["topic_logits"].shape == (2, 3) and out["topic_logits2"].shape == (2, 5)
+    assert seen[0] is seen[1]  # one pooled tensor feeds both heads
+    assert tiny()(data["waveforms"], data["units"], data["lengths"])["topic_logits2"] is None
+    module = HuBERTopicModule(
+        model, optimizer=partial(torch.optim.Adam, lr=1e-3), topic_weight=0.5, second_topic_weight=0.2
+    )
+    losses = module.losses(data)
+    expected = (
+        losses["mask_loss"]
+        + 10.0 * losses["feature_penalty"]
+        + 0.5 * losses["topic_loss"]
+        + 0.2 * losses["topic2_loss"]
+    )
+    torch.testing.assert_close(losses["loss"], expected)
+    assert losses["topic2_weight"].item() == pytest.approx(0.2)
+    losses["loss"].backward()
+    assert model.topic_head2.linear.weight.grad.abs().sum() > 0
+    # λ₂ defaults to λ and ramps with it
+    module = HuBERTopicModule(
+        model, optimizer=partial(torch.optim.Adam, lr=1e-3), topic_weight=0.4, topic_ramp_epochs=2
+    )
+    monkeypatch.setattr(module, "_epoch_progress", lambda: 1.0)
+    losses = module.losses(data)
+    assert losses["topic_weight"].item() == pytest.approx(0.2)
+    assert losses["topic2_weight"].item() == pytest.approx(0.2)
+    # without labels for it the second head adds nothing
+    del data["topics2"]
+    assert "topic2_loss" not in module.losses(data)
