@@ -90,7 +90,9 @@ class HuBERTopic(nn.Module):
         topic_norm: `none` (default) or `batch`: `BatchNorm1d` on the pooled features before the
             topic head's linear layer.
         num_topics2: topics of a second topic model (`app.data.topics.second`; 0: none). Its head
-            reads the same pooled features as the first, with the same options.
+            has the same options as the first.
+        topic_layer2: Transformer layer whose pooled output feeds the second head (1-based,
+            negative from the end; None: `topic_layer`, the same pooled features as the first).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class HuBERTopic(nn.Module):
         topic_pool: str = "all",
         topic_norm: str = "none",
         num_topics2: int = 0,
+        topic_layer2: int | None = None,
     ) -> None:
         super().__init__()
         if topic_pool not in TOPIC_POOLS:
@@ -133,6 +136,12 @@ class HuBERTopic(nn.Module):
         self.topic_layer = topic_layer if topic_layer > 0 else num_layers + topic_layer + 1
         if not 1 <= self.topic_layer <= num_layers:
             raise ValueError(f"topic_layer {topic_layer} is outside the {num_layers} Transformer layers")
+        layer2 = topic_layer if topic_layer2 is None else topic_layer2
+        self.topic_layer2 = layer2 if layer2 > 0 else num_layers + layer2 + 1
+        if not 1 <= self.topic_layer2 <= num_layers:
+            raise ValueError(
+                f"app.model.topic_layer2 {topic_layer2} is outside the {num_layers} Transformer layers"
+            )
         self.hubert = torchaudio.models.hubert_pretrain_model(
             extractor_mode=extractor_mode,
             extractor_conv_layer_config=conv_config(conv_channels),
@@ -235,6 +244,8 @@ class HuBERTopic(nn.Module):
             if self.topic_head is not None:
                 topic_logits = self.topic_head(pooled)
             if self.topic_head2 is not None:
+                if self.topic_layer2 != self.topic_layer:
+                    pooled = self.pool(hidden[self.topic_layer2 - 1], frames)
                 topic_logits2 = self.topic_head2(pooled)
         return {
             "logit_m": logit_m,

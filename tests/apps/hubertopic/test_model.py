@@ -230,3 +230,31 @@ def test_a_second_topic_head_reads_the_same_pooled_features_with_its_own_weight(
     # without labels for it the second head adds nothing
     del data["topics2"]
     assert "topic2_loss" not in module.losses(data)
+
+
+def test_the_second_topic_head_can_read_an_earlier_layer():
+    data = batch()
+    model = tiny(num_topics2=4, topic_layer2=1).eval()  # TINY has 2 layers; the first head reads the last
+    assert (model.topic_layer, model.topic_layer2) == (2, 1)
+    assert tiny(num_topics2=4, topic_layer2=-2).topic_layer2 == 1
+    assert tiny(num_topics2=4).topic_layer2 == 2  # null: the first head's layer
+    seen = {}
+    model.topic_head.register_forward_pre_hook(lambda module, args: seen.__setitem__("first", args[0]))
+    model.topic_head2.register_forward_pre_hook(lambda module, args: seen.__setitem__("second", args[0]))
+    original = model._layers
+    captured = []
+    model._layers = lambda x, m: captured.append(original(x, m)) or captured[-1]
+    out = model(data["waveforms"], data["units"], data["lengths"])
+    hidden, weights = captured[0], out["valid"].unsqueeze(-1).float()
+    torch.testing.assert_close(seen["second"], (hidden[0] * weights).sum(1) / weights.sum(1))
+    torch.testing.assert_close(seen["first"], (hidden[1] * weights).sum(1) / weights.sum(1))
+    del model._layers
+    # the second head's loss reaches the layers below its own and no layer above it
+    model.train()
+    out = model(data["waveforms"], data["units"], data["lengths"])
+    out["topic_logits2"].sum().backward()
+    layers = model.hubert.wav2vec2.encoder.transformer.layers
+    assert layers[0].feed_forward.output_dense.weight.grad.abs().sum() > 0
+    assert layers[1].feed_forward.output_dense.weight.grad is None
+    with pytest.raises(ValueError, match="topic_layer2"):
+        tiny(num_topics2=4, topic_layer2=3)
