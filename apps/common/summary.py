@@ -1,7 +1,8 @@
 """Tables of runs, mean ± std over seeds: ``python -m apps.common.summary [--columns a,b] [--by key]
 NAME=RUN_OR_SWEEP_DIR ...`` (``python -m apps.absa.summary`` has the ABSA columns as default).
 
-Every folder given (or found below it) with a ``metrics.json`` is one run; its ``test`` metrics are
+Every folder given (or found below it) with a ``metrics.json`` (or, from ``apps.eval``, an
+``eval_metrics.json``) is one run; its ``test`` metrics are
 read (``test/<column>``), and its fit timing as ``timing/fit_seconds``, ``timing/ms_per_step``. A PSSA run (``rounds`` in its metrics) contributes two rows, its base model
 (round 1, ``base_test``) and the model after PSSA (``test``). ``--by app.model.attention`` splits the
 runs of a group by that key of each run's ``config.yaml`` (a sweep over variants and seeds gives one
@@ -38,21 +39,46 @@ def config_value(run: Path, key: str) -> str:
     return str(value)
 
 
+METRICS_FILES = ("metrics.json", "eval_metrics.json")
+
+
+def is_run(path: Path) -> bool:
+    return any((path / name).is_file() for name in METRICS_FILES)
+
+
+def read_metrics(run: Path) -> dict[str, Any]:
+    """A run's ``metrics.json`` (``apps.train``), or its ``eval_metrics.json`` (``apps.eval``: flat
+    ``test/...`` keys) in the same form, ``{"test": {...}}``."""
+    if (run / "metrics.json").is_file():
+        return json.loads((run / "metrics.json").read_text())
+    path = run / "eval_metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: neither metrics.json nor eval_metrics.json")
+    flat = json.loads(path.read_text())
+    return {
+        "test": {k: v for k, v in flat.items() if k.startswith("test/")},
+        "checkpoint": flat.get("checkpoint"),
+    }
+
+
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run folders: the given folders that hold ``metrics.json``, else those below them."""
+    """Run folders: the given folders that hold ``metrics.json`` (or an ``apps.eval`` folder's
+    ``eval_metrics.json``), else those below them."""
     runs = []
     for path in paths:
-        if (path / "metrics.json").is_file():
+        if is_run(path):
             runs.append(path)
         else:
-            runs.extend(sorted(p.parent for p in path.glob("*/metrics.json")))
+            runs.extend(sorted({p.parent for name in METRICS_FILES for p in path.glob(f"*/{name}")}))
     if not runs:
-        raise FileNotFoundError(f"no metrics.json in or below {', '.join(map(str, paths))}")
+        raise FileNotFoundError(
+            f"no metrics.json or eval_metrics.json in or below {', '.join(map(str, paths))}"
+        )
     return runs
 
 
 def rows_of_run(run: Path, name: str | None, by: str | None = None) -> list[tuple[str, dict[str, float]]]:
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = read_metrics(run)
     timing = {f"timing/{k}": v for k, v in (metrics.get("timing") or {}).items() if v is not None}
     test = {**(metrics.get("test") or {}), **timing}
     label = name or run.name

@@ -17,8 +17,9 @@ Loss (every term a mean, so λ weighs comparable scales):
 
 Test = the probes of `probes.py` on the test split (every utterance with speaker / gender / theme /
 transcript): utterance probes on mean-pooled features of every layer (headline: `probe_layer`),
-the CTC probe on `probe_layer`'s frames, and NMI between topic labels and the facts. The run folder
-gets `probes.json`, `topic_contingency.png` and `probe_scores.png`.
+the CTC probe on `probe_layer`'s frames, and NMI between topic labels and the facts; with
+`probe_weighted`, also SUPERB's form of each probe, on a learnt softmax-weighted sum of all layers.
+The run folder gets `probes.json`, `topic_contingency.png` and `probe_scores.png`.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class HuBERTopicModule(BaseModule):
             k folds (by a hash of the id) so that every utterance is scored. The CTC probe always
             uses the hashed split.
         ctc_epochs: epochs of the linear CTC probe.
+        probe_weighted: also run every probe in SUPERB's form, on a learnt softmax-weighted sum of
+            all Transformer layers (`test/<probe>_weighted`, layer weights in `probes.json`).
         plots: write the PNG plots after testing.
     """
 
@@ -94,6 +97,7 @@ class HuBERTopicModule(BaseModule):
         probe_test_fraction: float = 0.25,
         probe_folds: int = 0,
         ctc_epochs: int = 30,
+        probe_weighted: bool = False,
         plots: bool = True,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
@@ -112,6 +116,7 @@ class HuBERTopicModule(BaseModule):
             )
         self.probe_folds = probe_folds
         self.ctc_epochs = ctc_epochs
+        self.probe_weighted = probe_weighted
         self.plots = plots
         self._collected: dict[str, list[Any]] = {}
 
@@ -185,7 +190,7 @@ class HuBERTopicModule(BaseModule):
 
     # ------------------------------------------------------------------ probes
     def on_test_epoch_start(self) -> None:
-        self._collected = {"utt_ids": [], "pooled": [], "frames": []}
+        self._collected = {"utt_ids": [], "pooled": [], "frames": [], "all_frames": []}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hidden, valid = self.model.extract_features(batch["waveforms"], batch["lengths"])
@@ -195,6 +200,9 @@ class HuBERTopicModule(BaseModule):
         self._collected["pooled"].append(pooled.float().cpu().numpy())
         for row in range(layer.shape[0]):
             self._collected["frames"].append(layer[row, : int(valid[row].sum())].float().cpu().numpy())
+            if self.probe_weighted:  # (layers, F, D)
+                frames = torch.stack([h[row, : int(valid[row].sum())] for h in hidden])
+                self._collected["all_frames"].append(frames.float().cpu().numpy())
 
     def on_test_epoch_end(self) -> None:
         datamodule = self.trainer.datamodule
@@ -204,6 +212,7 @@ class HuBERTopicModule(BaseModule):
         headline = self.probe_layer - 1 if self.probe_layer > 0 else pooled.shape[1] + self.probe_layer
         metrics: dict[str, float] = {}
         per_layer: dict[str, list[float | None]] = {}
+        layer_weights: dict[str, list[float]] = {}
         facts = {name: [datamodule.meta.get(u, {}).get(name) for u in utt_ids] for name in FACTS}
         facts = {
             name: values for name, values in facts.items() if utt_ids and all(v is not None for v in values)
@@ -219,11 +228,27 @@ class HuBERTopicModule(BaseModule):
             per_layer[name] = scores
             if scores[headline] is not None:
                 metrics[f"test/{name}_acc"] = scores[headline]
+            if self.probe_weighted:
+                weighted = (
+                    probes.cross_validated_weighted_probe(pooled, values, folds)
+                    if folds is not None
+                    else probes.weighted_linear_probe(pooled, values, is_test)
+                )
+                if weighted is not None:
+                    metrics[f"test/{name}_acc_weighted"] = weighted[0]
+                    layer_weights[name] = [round(float(w), 4) for w in weighted[1]]
         texts = [datamodule.transcripts.get(u) for u in utt_ids]
         if utt_ids and all(texts):
             cer = probes.ctc_probe(self._collected["frames"], texts, is_test, epochs=self.ctc_epochs)
             if cer is not None:
                 metrics["test/char_cer"] = cer
+            if self.probe_weighted:
+                weighted = probes.weighted_ctc_probe(
+                    self._collected["all_frames"], texts, is_test, epochs=self.ctc_epochs
+                )
+                if weighted is not None:
+                    metrics["test/char_cer_weighted"] = weighted[0]
+                    layer_weights["char"] = [round(float(w), 4) for w in weighted[1]]
         topic_labels = None
         if datamodule.topics is not None and utt_ids:
             theta = datamodule.topics.as_dict()
@@ -241,6 +266,7 @@ class HuBERTopicModule(BaseModule):
             "metrics": metrics,
             "probe_layer": headline + 1,
             "per_layer_acc": per_layer,
+            "layer_weights": layer_weights,
             "utterances": len(utt_ids),
             "probe_test_utterances": len(utt_ids) if folds is not None else int(is_test.sum()),
             "probe_folds": self.probe_folds,

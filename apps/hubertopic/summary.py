@@ -2,8 +2,13 @@
 
 ``python -m apps.hubertopic.summary HuBERT=run1,run2,run3 HuBERTopic=run4,run5,run6 [--chance]``
 prints mean ± std over the runs of each group of the probe metrics in each run's ``metrics.json``
-(``test/...``, written by the test loop after training or by ``apps.eval``) plus the best
+(``test/...``, written by the test loop after training; or an ``apps.eval`` folder's
+``eval_metrics.json``) plus the best
 ``val/mask_loss`` (the checkpoint monitor); see ``apps.common.summary`` for the folder arguments.
+
+``--paired NAME`` adds, for every other group, the paired differences group − NAME, run by run in
+the order given (so list the runs of every group in the same seed order): mean ± standard error
+and in how many pairs the group is better (lower is better for ``char_cer`` and losses).
 
 ``--chance`` adds, for every run's topic labels (the hard LDA topics its data module built; they
 depend on the run's seed through k-means and LDA), NMI against speaker / gender / theme with the
@@ -22,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from apps.common.summary import markdown, mean_std, parse_groups
+from apps.common.summary import markdown, mean_std, parse_groups, read_metrics
 
 COLUMNS = (
     "speaker_acc",
@@ -37,7 +42,7 @@ FACTS = ("speaker", "gender", "theme")
 
 
 def run_values(run: Path) -> dict[str, float]:
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = read_metrics(run)
     values = {k.removeprefix("test/"): float(v) for k, v in (metrics.get("test") or {}).items()}
     if metrics.get("monitored") is not None:
         values["best_val_mask_loss"] = float(metrics["monitored"])
@@ -55,6 +60,61 @@ def table(groups: dict[str, list[Path]], columns: tuple[str, ...]) -> dict[str, 
                 row[column] = mean_std(values)
         rows[name] = row
     return rows
+
+
+LOWER_IS_BETTER = ("cer", "loss")
+
+
+def paired(
+    groups: dict[str, list[Path]], base: str, columns: tuple[str, ...]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{group: {column: {mean, se, better, n, diffs}}}``: each group's runs minus `base`'s runs,
+    paired by position."""
+    if base not in groups:
+        raise KeyError(f"--paired {base}: no such group (groups: {', '.join(groups)})")
+    base_values = [run_values(run) for run in groups[base]]
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, runs in groups.items():
+        if name == base:
+            continue
+        if len(runs) != len(groups[base]):
+            raise ValueError(
+                f"--paired {base}: group {name} has {len(runs)} runs, {base} has {len(groups[base])}; "
+                "pairs are taken by position"
+            )
+        values = [run_values(run) for run in runs]
+        result[name] = {}
+        for column in columns:
+            diffs = [
+                v[column] - b[column]
+                for v, b in zip(values, base_values, strict=True)
+                if column in v and column in b and not math.isnan(v[column] - b[column])
+            ]
+            if not diffs:
+                continue
+            mean, std = mean_std(diffs)
+            lower = any(column.endswith(suffix) for suffix in LOWER_IS_BETTER)
+            result[name][column] = {
+                "mean": mean,
+                "se": std / math.sqrt(len(diffs)),
+                "better": sum((d < 0) if lower else (d > 0) for d in diffs),
+                "n": len(diffs),
+                "diffs": diffs,
+            }
+    return result
+
+
+def paired_markdown(rows: dict[str, dict[str, dict[str, Any]]], base: str, columns: tuple[str, ...]) -> str:
+    lines = [f"| − {base} | " + " | ".join(columns) + " |", "| --- " * (len(columns) + 1) + "|"]
+    for name, row in rows.items():
+        cells = [
+            f"{row[c]['mean']:+.3f} ± {row[c]['se']:.3f} ({row[c]['better']}/{row[c]['n']})"
+            if c in row
+            else ""
+            for c in columns
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def topic_labels_and_facts(run: Path) -> tuple[list[int], dict[str, list[str]]]:
@@ -97,6 +157,9 @@ def nmi_chance(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--columns", default=",".join((*COLUMNS, "best_val_mask_loss")))
+    parser.add_argument(
+        "--paired", default=None, metavar="NAME", help="paired differences against group NAME (by position)"
+    )
     parser.add_argument("--chance", action="store_true", help="NMI chance levels of every run's topics")
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
@@ -107,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = table(groups, columns)
     print(markdown(rows, columns))
     output: dict[str, Any] = {"table": rows}
+    if args.paired is not None:
+        differences = paired(groups, args.paired, columns)
+        output["paired"] = {"base": args.paired, "groups": differences}
+        print("\n" + paired_markdown(differences, args.paired, columns))
     if args.chance:
         chance: dict[str, Any] = {}
         for runs in groups.values():

@@ -124,6 +124,7 @@ def test_eval_cross_validated_probes_score_every_utterance(smoke_run):
         f"hydra.run.dir={out / 'eval_cv'}",
         "trainer.enable_progress_bar=false",
         "app.module.probe_folds=3",
+        "app.module.probe_weighted=true",
         "app.module.plots=false",
         *common,
         *[arg for arg in TINY if not arg.startswith("trainer.")],
@@ -135,6 +136,13 @@ def test_eval_cross_validated_probes_score_every_utterance(smoke_run):
     assert (
         probes_json["probe_test_utterances"] == probes_json["utterances"] > probes_json["ctc_test_utterances"]
     )
+    # SUPERB's form: every probe also on a learnt softmax-weighted sum of all layers
+    layers = len(probes_json["per_layer_acc"]["gender"])
+    assert 0.0 <= report["test/gender_acc_weighted"] <= 1.0 and report["test/char_cer_weighted"] >= 0.0
+    assert set(probes_json["layer_weights"]) == {*probes_json["per_layer_acc"], "char"}
+    for name in probes_json["layer_weights"]:
+        weights = probes_json["layer_weights"][name]
+        assert len(weights) == layers and sum(weights) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.slow

@@ -50,3 +50,66 @@ def test_module_rejects_bad_probe_folds():
 
     with pytest.raises(ValueError, match="app.module.probe_folds"):
         HuBERTopicModule(model=None, optimizer=None, probe_folds=1)  # type: ignore[arg-type]
+
+
+def test_weighted_probe_on_one_layer_is_the_linear_probe():
+    ids, features, labels = _separable(seed=3)
+    features = features + np.random.default_rng(4).normal(0.0, 3.0, size=features.shape)  # not separable
+    is_test = probes.probe_split(ids)
+    accuracy, weights = probes.weighted_linear_probe(features[:, None], labels, is_test)
+    assert weights.tolist() == [1.0]
+    # the same objective as scikit-learn's C = 1 logistic regression: the same decisions up to a few
+    assert accuracy == pytest.approx(probes.linear_probe(features, labels, is_test), abs=2 / is_test.sum())
+
+
+def test_weighted_probe_finds_the_informative_layer_among_noise():
+    ids, features, labels = _separable(seed=5)
+    rng = np.random.default_rng(6)
+    stacked = np.stack([rng.normal(size=features.shape), features, rng.normal(size=features.shape)], axis=1)
+    folds = probes.probe_folds(ids, 4)
+    accuracy, weights = probes.cross_validated_weighted_probe(stacked, labels, folds)
+    assert accuracy > 0.9
+    assert weights.shape == (3,) and weights.sum() == pytest.approx(1.0, abs=1e-5)
+    assert weights[1] > 0.8
+    # noise alone stays near chance
+    noise_only = stacked[:, [0, 2]]
+    assert probes.cross_validated_weighted_probe(noise_only, labels, folds)[0] < 0.6
+    with pytest.raises(ValueError, match=r"\(N, L, D\)"):
+        probes.weighted_linear_probe(features, labels, folds == 0)
+    assert probes.weighted_linear_probe(stacked, ["a"] * len(ids), folds == 0) is None
+
+
+def _spelled(n: int = 48, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """Frames that spell each text: one-hot characters, each held 2 frames, a blank frame between."""
+    rng = np.random.default_rng(seed)
+    words = ["CAT", "DOG", "BIRD", "FISH", "COW", "HEN"]
+    dim = len(probes.CHARACTERS) + 1
+    frames, texts = [], []
+    for _ in range(n):
+        text = " ".join(rng.choice(words, size=2))
+        rows = []
+        for char in text:
+            one_hot = np.zeros(dim, dtype=np.float32)
+            one_hot[probes.encode_text(char)[0]] = 1.0
+            rows += [one_hot, one_hot, np.eye(dim, dtype=np.float32)[0]]
+        clean = np.stack(rows) + rng.normal(0.0, 0.05, size=(len(rows), dim)).astype(np.float32)
+        frames.append(clean)
+        texts.append(text)
+    return frames, texts
+
+
+def test_weighted_ctc_probe_reads_the_layer_that_spells_the_text():
+    frames, texts = _spelled()
+    rng = np.random.default_rng(1)
+    is_test = np.arange(len(frames)) % 4 == 0
+    layered = [np.stack([rng.normal(size=f.shape).astype(np.float32), f]) for f in frames]
+    cer, weights = probes.weighted_ctc_probe(layered, texts, is_test, epochs=40, lr=2e-2)
+    noise_cer = probes.ctc_probe([f[0] for f in layered], texts, is_test, epochs=40, lr=2e-2)
+    assert cer < 0.2 < noise_cer
+    assert weights.shape == (2,) and weights[1] > weights[0]
+    # one layer: exactly the single-layer probe
+    single, one = probes.weighted_ctc_probe([f[None] for f in frames], texts, is_test, epochs=2)
+    assert one.tolist() == [1.0]
+    assert single == probes.ctc_probe(frames, texts, is_test, epochs=2)
+    with pytest.raises(ValueError, match=r"\(L, F_i, D\)"):
+        probes.weighted_ctc_probe(frames, texts, is_test)
