@@ -11,7 +11,8 @@ Loss (every term a mean, so λ weighs comparable scales):
 - `L_topic`: HuBERTopic's topic classification, mean over utterances: cross-entropy with the hard
   topic label, or with the soft LDA distribution θ_u (`−Σ_t θ_u,t log p_t`); `λ = topic_weight`
   (0: plain HuBERT). With `topic_ramp_epochs = r > 0`, λ rises linearly from 0 to its value over
-  the first r epochs of training (per step), so masked prediction learns first.
+  the first r epochs of training (per step), so masked prediction learns first; with
+  `topic_decay_epochs = d > 0` it falls linearly to 0 over the last d epochs.
 - `L_topic2`: the same for the labels of a second topic model (`app.data.topics.second`), through
   its own head; `λ₂ = second_topic_weight` (null: λ), ramped alike.
 
@@ -68,6 +69,9 @@ class HuBERTopicModule(BaseModule):
     Args:
         topic_weight: λ of the topic loss (0: HuBERT).
         topic_ramp_epochs: epochs over which λ rises linearly from 0 (0: λ from the first step).
+        topic_decay_epochs: the last epochs of training (`trainer.max_epochs`) over which λ falls
+            linearly to 0 (0: no decay), so that masked prediction has the model to itself at the
+            end; both topic heads alike.
         second_topic_weight: λ₂ of the second topic model's loss (null: the same as λ); used only
             when the data module has a second topic model.
         unmasked_weight, feature_penalty_weight: see the module docstring.
@@ -90,6 +94,7 @@ class HuBERTopicModule(BaseModule):
         model_config: dict[str, Any] | None = None,
         topic_weight: float = 0.0,
         topic_ramp_epochs: float = 0.0,
+        topic_decay_epochs: float = 0.0,
         second_topic_weight: float | None = None,
         unmasked_weight: float = 0.0,
         feature_penalty_weight: float = 10.0,
@@ -105,6 +110,9 @@ class HuBERTopicModule(BaseModule):
             raise ValueError(f"app.module.topic_ramp_epochs must be >= 0, got {topic_ramp_epochs}")
         self.topic_weight = topic_weight
         self.topic_ramp_epochs = topic_ramp_epochs
+        if topic_decay_epochs < 0:
+            raise ValueError(f"app.module.topic_decay_epochs must be >= 0, got {topic_decay_epochs}")
+        self.topic_decay_epochs = topic_decay_epochs
         self.second_topic_weight = topic_weight if second_topic_weight is None else second_topic_weight
         self.unmasked_weight = unmasked_weight
         self.feature_penalty_weight = feature_penalty_weight
@@ -131,12 +139,26 @@ class HuBERTopicModule(BaseModule):
         steps_per_epoch = max(1.0, batches / trainer.accumulate_grad_batches)
         return self.global_step / steps_per_epoch
 
+    def _max_epochs(self) -> float | None:
+        """The trainer's `max_epochs`; None outside a Trainer or when training is not bounded by epochs."""
+        trainer = self._trainer
+        epochs = getattr(trainer, "max_epochs", None) if trainer is not None else None
+        return float(epochs) if epochs is not None and epochs > 0 else None
+
     def current_topic_weight(self, weight: float | None = None) -> float:
-        """λ (or `weight`, e.g. λ₂) at this point of training, ramped over `topic_ramp_epochs`."""
+        """λ (or `weight`, e.g. λ₂) at this point of training: ramped up over the first
+        `topic_ramp_epochs`, down to 0 over the last `topic_decay_epochs`."""
         weight = self.topic_weight if weight is None else weight
-        if not self.topic_ramp_epochs:
+        if not self.topic_ramp_epochs and not self.topic_decay_epochs:
             return weight
-        return weight * min(1.0, self._epoch_progress() / self.topic_ramp_epochs)
+        progress = self._epoch_progress()
+        factor = 1.0
+        if self.topic_ramp_epochs:
+            factor = min(1.0, progress / self.topic_ramp_epochs)
+        total = self._max_epochs() if self.topic_decay_epochs else None
+        if total is not None and math.isfinite(progress):
+            factor *= min(1.0, max(0.0, (total - progress) / self.topic_decay_epochs))
+        return weight * factor
 
     def losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         out = self.model(batch["waveforms"], batch["units"], batch["lengths"])

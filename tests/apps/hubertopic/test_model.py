@@ -152,6 +152,41 @@ def test_topic_weight_ramps_up_over_the_first_epochs(monkeypatch):
         HuBERTopicModule(model, optimizer=torch.optim.Adam, topic_ramp_epochs=-1)
 
 
+def test_topic_weight_decays_to_zero_over_the_last_epochs(monkeypatch):
+    model = tiny()
+    data = batch()
+    module = HuBERTopicModule(
+        model,
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+        topic_weight=0.4,
+        second_topic_weight=0.2,
+        topic_ramp_epochs=2,
+        topic_decay_epochs=4,
+    )
+    monkeypatch.setattr(module, "_max_epochs", lambda: 10.0)
+    for progress, factor in ((1.0, 0.5), (2.0, 1.0), (6.0, 1.0), (7.0, 0.75), (9.5, 0.125), (10.0, 0.0)):
+        monkeypatch.setattr(module, "_epoch_progress", lambda progress=progress: progress)
+        assert module.current_topic_weight() == pytest.approx(0.4 * factor)
+        assert module.current_topic_weight(0.2) == pytest.approx(0.2 * factor)
+        losses = module.losses(data)
+        assert losses["topic_weight"].item() == pytest.approx(0.4 * factor)
+    # not bounded by epochs (max_epochs -1, or outside a Trainer): no decay
+    monkeypatch.setattr(module, "_max_epochs", lambda: None)
+    assert module.current_topic_weight() == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="topic_decay_epochs"):
+        HuBERTopicModule(model, optimizer=torch.optim.Adam, topic_decay_epochs=-1)
+
+
+def test_topic_decay_follows_the_trainer(tmp_path):
+    import pytorch_lightning as pl
+
+    module = HuBERTopicModule(tiny(), optimizer=torch.optim.Adam, topic_weight=0.4, topic_decay_epochs=2)
+    module.trainer = pl.Trainer(max_epochs=8, default_root_dir=tmp_path, logger=False)
+    assert module._max_epochs() == 8.0
+    module.trainer = pl.Trainer(max_epochs=-1, max_steps=5, default_root_dir=tmp_path, logger=False)
+    assert module._max_epochs() is None
+
+
 def test_topic_head_options_pool_unmasked_frames_and_standardise():
     data = batch()
     plain = tiny()
