@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,8 +211,8 @@ def weighted_ctc_probe(
     seed: int = 0,
 ) -> tuple[float, np.ndarray] | None:
     """SUPERB's form of :func:`ctc_probe`: the head reads a softmax-weighted sum of every layer of
-    `[(L, F_i, D)]` (each layer standardised), the layer weights trained with the head. Returns the
-    character error rate and the weights `(L,)`."""
+    `[(L, F_i, D)]` (each layer standardised), the layer weights trained with the head (at 10 × its
+    learning rate). Returns the character error rate and the weights `(L,)`."""
     if any(f.ndim != 3 for f in frames):
         raise ValueError("weighted_ctc_probe needs frames [(L, F_i, D)]")
     return _fit_ctc(frames, texts, is_test, epochs=epochs, lr=lr, seed=seed)
@@ -227,6 +228,7 @@ def _fit_ctc(
     epochs: int,
     lr: float,
     seed: int,
+    layer_lr_scale: float = 10.0,
 ) -> tuple[float, np.ndarray] | None:
     """A linear CTC head on a softmax-weighted sum of the layers of `[(L, F_i, D)]` (one layer:
     that layer), trained with Adam on the `~is_test` utterances; CER on the rest, layer weights."""
@@ -243,8 +245,12 @@ def _fit_ctc(
         torch.manual_seed(seed)
         head = torch.nn.Linear(feats[0].shape[2], len(CHARACTERS) + 1)
     layer_logits = torch.zeros(feats[0].shape[1], requires_grad=True)
-    params = list(head.parameters()) + ([layer_logits] if len(layer_logits) > 1 else [])
-    optimizer = torch.optim.Adam(params, lr=lr)
+    groups: list[dict[str, Any]] = [{"params": list(head.parameters())}]
+    if len(layer_logits) > 1:
+        # Adam moves a parameter by about lr a step: at the head's lr the layer logits could hardly
+        # leave uniform weights in a probe's few hundred steps (SUPERB trains for many thousand)
+        groups.append({"params": [layer_logits], "lr": lr * layer_lr_scale})
+    optimizer = torch.optim.Adam(groups, lr=lr)
 
     def mix(x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] == 1:
