@@ -8,7 +8,7 @@ prints mean ± std over the runs of each group of the probe metrics in each run'
 
 ``--paired NAME`` adds, for every other group, the paired differences group − NAME, run by run in
 the order given (so list the runs of every group in the same seed order): mean ± standard error
-and in how many pairs the group is better (lower is better for ``char_cer`` and losses).
+and in how many pairs the group is better (lower is better for CER and losses: columns with a ``cer`` or ``loss`` part).
 
 ``--chance`` adds, for every run's topic labels (the hard LDA topics its data module built; they
 depend on the run's seed through k-means and LDA), NMI against speaker / gender / theme with the
@@ -93,7 +93,7 @@ def paired(
             if not diffs:
                 continue
             mean, std = mean_std(diffs)
-            lower = any(column.endswith(suffix) for suffix in LOWER_IS_BETTER)
+            lower = bool(set(column.split("_")) & set(LOWER_IS_BETTER))  # char_cer, char_cer_weighted
             result[name][column] = {
                 "mean": mean,
                 "se": std / math.sqrt(len(diffs)),

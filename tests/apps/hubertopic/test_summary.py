@@ -48,19 +48,24 @@ def test_paired_differences_by_position_and_eval_folders(tmp_path, capsys):
     from apps.hubertopic.summary import main, paired, table
 
     base = [
-        _run(tmp_path / f"b{i}", {"test/theme_acc": a, "test/char_cer": c}, 3.0)
+        _run(tmp_path / f"b{i}", {"test/theme_acc": a, "test/char_cer": c, "test/char_cer_weighted": c}, 3.0)
         for i, (a, c) in enumerate(((0.5, 0.6), (0.6, 0.6), (0.7, 0.5)))
     ]
     arm = [
-        _run(tmp_path / f"a{i}", {"test/theme_acc": a, "test/char_cer": c}, eval_folder=True)
+        _run(
+            tmp_path / f"a{i}",
+            {"test/theme_acc": a, "test/char_cer": c, "test/char_cer_weighted": c},
+            eval_folder=True,
+        )
         for i, (a, c) in enumerate(((0.6, 0.7), (0.8, 0.5), (0.6, 0.6)))
     ]
-    rows = paired({"B": base, "A": arm}, "B", ("theme_acc", "char_cer", "speaker_acc"))
+    rows = paired({"B": base, "A": arm}, "B", ("theme_acc", "char_cer", "char_cer_weighted", "speaker_acc"))
     theme = rows["A"]["theme_acc"]
     assert theme["diffs"] == pytest.approx([0.1, 0.2, -0.1])
     assert theme["mean"] == pytest.approx(0.2 / 3) and theme["better"] == 2 and theme["n"] == 3
     assert theme["se"] == pytest.approx(0.1528 / 3**0.5, abs=1e-3)
     assert rows["A"]["char_cer"]["better"] == 1  # lower is better: only the second pair
+    assert rows["A"]["char_cer_weighted"]["better"] == 1
     assert "speaker_acc" not in rows["A"]
     assert table({"A": arm}, ("theme_acc",))["A"]["theme_acc"][0] == pytest.approx(2.0 / 3)
     with pytest.raises(KeyError, match="--paired C"):
