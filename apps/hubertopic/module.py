@@ -83,6 +83,7 @@ class HuBERTopicModule(BaseModule):
         ctc_epochs: epochs of the linear CTC probe.
         probe_weighted: also run every probe in SUPERB's form, on a learnt softmax-weighted sum of
             all Transformer layers (`test/<probe>_weighted`, layer weights in `probes.json`).
+        probe_ctc_per_layer: also fit the CTC probe on every layer (`per_layer_cer` in `probes.json`).
         plots: write the PNG plots after testing.
     """
 
@@ -103,6 +104,7 @@ class HuBERTopicModule(BaseModule):
         probe_folds: int = 0,
         ctc_epochs: int = 30,
         probe_weighted: bool = False,
+        probe_ctc_per_layer: bool = False,
         plots: bool = True,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
@@ -125,6 +127,7 @@ class HuBERTopicModule(BaseModule):
         self.probe_folds = probe_folds
         self.ctc_epochs = ctc_epochs
         self.probe_weighted = probe_weighted
+        self.probe_ctc_per_layer = probe_ctc_per_layer
         self.plots = plots
         self._collected: dict[str, list[Any]] = {}
 
@@ -222,7 +225,7 @@ class HuBERTopicModule(BaseModule):
         self._collected["pooled"].append(pooled.float().cpu().numpy())
         for row in range(layer.shape[0]):
             self._collected["frames"].append(layer[row, : int(valid[row].sum())].float().cpu().numpy())
-            if self.probe_weighted:  # (layers, F, D)
+            if self.probe_weighted or self.probe_ctc_per_layer:  # (layers, F, D)
                 frames = torch.stack([h[row, : int(valid[row].sum())] for h in hidden])
                 self._collected["all_frames"].append(frames.float().cpu().numpy())
 
@@ -235,6 +238,7 @@ class HuBERTopicModule(BaseModule):
         metrics: dict[str, float] = {}
         per_layer: dict[str, list[float | None]] = {}
         layer_weights: dict[str, list[float]] = {}
+        per_layer_cer: list[float | None] | None = None
         facts = {name: [datamodule.meta.get(u, {}).get(name) for u in utt_ids] for name in FACTS}
         facts = {
             name: values for name, values in facts.items() if utt_ids and all(v is not None for v in values)
@@ -271,6 +275,16 @@ class HuBERTopicModule(BaseModule):
                 if weighted is not None:
                     metrics["test/char_cer_weighted"] = weighted[0]
                     layer_weights["char"] = [round(float(w), 4) for w in weighted[1]]
+            if self.probe_ctc_per_layer:
+                per_layer_cer = [
+                    probes.ctc_probe(
+                        [f[layer] for f in self._collected["all_frames"]],
+                        texts,
+                        is_test,
+                        epochs=self.ctc_epochs,
+                    )
+                    for layer in range(pooled.shape[1])
+                ]
         topic_labels = None
         if datamodule.topics is not None and utt_ids:
             theta = datamodule.topics.as_dict()
@@ -289,6 +303,7 @@ class HuBERTopicModule(BaseModule):
             "probe_layer": headline + 1,
             "per_layer_acc": per_layer,
             "layer_weights": layer_weights,
+            "per_layer_cer": per_layer_cer,
             "utterances": len(utt_ids),
             "probe_test_utterances": len(utt_ids) if folds is not None else int(is_test.sum()),
             "probe_folds": self.probe_folds,

@@ -125,6 +125,7 @@ def test_eval_cross_validated_probes_score_every_utterance(smoke_run):
         "trainer.enable_progress_bar=false",
         "app.module.probe_folds=3",
         "app.module.probe_weighted=true",
+        "app.module.probe_ctc_per_layer=true",
         "app.module.plots=false",
         *common,
         *[arg for arg in TINY if not arg.startswith("trainer.")],
@@ -140,6 +141,11 @@ def test_eval_cross_validated_probes_score_every_utterance(smoke_run):
     layers = len(probes_json["per_layer_acc"]["gender"])
     assert 0.0 <= report["test/gender_acc_weighted"] <= 1.0 and report["test/char_cer_weighted"] >= 0.0
     assert set(probes_json["layer_weights"]) == {*probes_json["per_layer_acc"], "char"}
+    assert len(probes_json["per_layer_cer"]) == layers and all(c >= 0 for c in probes_json["per_layer_cer"])
+    # the headline layer's CTC probe is the same fit as its entry in the per-layer list
+    assert probes_json["per_layer_cer"][probes_json["probe_layer"] - 1] == pytest.approx(
+        report["test/char_cer"]
+    )
     for name in probes_json["layer_weights"]:
         weights = probes_json["layer_weights"][name]
         assert len(weights) == layers and sum(weights) == pytest.approx(1.0, abs=1e-3)
