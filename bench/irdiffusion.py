@@ -30,6 +30,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,21 +98,21 @@ def layout(p: int, s: int, size: int) -> dict[str, torch.Tensor]:
     }
 
 
-def run_case(
+def make_forward(
     unet: Any,
     channels: int,
     size: int,
     context_dim: int,
     subjects: int,
     layers: str | tuple[str, ...],
-    repeats: int,
-    steps: int,
     device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> dict[str, Any]:
-    """Median forward time of the final pass's batch for `plain` and each IR variant."""
+    dtype: torch.dtype,
+    generation_steps: int,
+) -> tuple[Callable[[str], None], dict[str, Any]]:
+    """Install the processors on `unet` and return `forward(variant)`, one generation of
+    `generation_steps` UNet forwards of the final pass's batch (state reset and layout set once, so
+    the masks are built in the first forward and served from the cache after), and a description."""
     state = install(unet, layers=layers if layers == "all" else list(layers))
-    enabled = sum(p.enabled for p in unet.attn_processors.values())
     p = 1
     batch = 2 * p * (subjects + 1)  # classifier-free guidance doubles the [refs, target] groups
     gen = torch.Generator().manual_seed(0)
@@ -129,10 +130,42 @@ def run_case(
         if variant != "plain":
             state.configure(IRSettings.variant(variant, cross_blend=0.3), **plan)
         with torch.no_grad():
-            unet(x, t, context, return_dict=False)
+            for _ in range(generation_steps):
+                unet(x, t, context, return_dict=False)
 
+    info = {
+        "size": size,
+        "tokens_at_full_resolution": size * size,
+        "subjects": subjects,
+        "batch": batch,
+        "generation_steps": generation_steps,
+        "ir_layers": layers if layers == "all" else list(layers),
+        "ir_layers_enabled": sum(p.enabled for p in unet.attn_processors.values()),
+        "attention_layers": len(unet.attn_processors),
+    }
+    return forward, info
+
+
+def run_case(
+    unet: Any,
+    channels: int,
+    size: int,
+    context_dim: int,
+    subjects: int,
+    layers: str | tuple[str, ...],
+    repeats: int,
+    steps: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    generation_steps: int = 1,
+) -> dict[str, Any]:
+    """Median time per UNet forward of `plain` and each IR variant, over generations of
+    `generation_steps` forwards (see `make_forward`)."""
+    forward, info = make_forward(
+        unet, channels, size, context_dim, subjects, layers, device, dtype, generation_steps
+    )
     rounds: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for variant in VARIANTS:  # warm-up (and masks built once per call, as per generation)
+    for variant in VARIANTS:  # warm-up
         forward(variant)
     for _ in range(repeats):
         for variant in VARIANTS:
@@ -142,21 +175,58 @@ def run_case(
                 start = time.perf_counter()
                 forward(variant)
                 sync(device)
-                samples.append(time.perf_counter() - start)
+                samples.append((time.perf_counter() - start) / generation_steps)
             rounds[variant].append(statistics.median(samples))
     best = {v: min(r) for v, r in rounds.items()}
     return {
-        "size": size,
-        "tokens_at_full_resolution": size * size,
-        "subjects": subjects,
-        "batch": batch,
-        "ir_layers": layers if layers == "all" else list(layers),
-        "ir_layers_enabled": enabled,
-        "attention_layers": len(unet.attn_processors),
+        **info,
         "seconds": best,
         "round_medians": rounds,
         "overhead_vs_plain": {v: best[v] / best["plain"] for v in VARIANTS},
     }
+
+
+def profile_case(
+    forward: Callable[[str], None], variants: tuple[str, ...], device: torch.device, top: int = 25
+) -> dict[str, Any]:
+    """Where the time of one generation goes, per variant (torch.profiler): wall time, the time the
+    device was busy with kernels, kernel launches, and the operators with the most self device time
+    (self CPU time on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    on_device = device.type == "cuda"
+
+    def self_time(e: Any) -> float:
+        return (e.self_device_time_total if on_device else e.self_cpu_time_total) / 1e6
+
+    result: dict[str, Any] = {}
+    for variant in variants:
+        forward(variant)  # warm-up outside the profile
+        sync(device)
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            forward(variant)
+            sync(device)
+            wall = time.perf_counter() - start
+        events = prof.key_averages()
+        kernels = [e for e in prof.events() if on_device and e.device_type.name == "CUDA"]
+        rows = sorted(events, key=self_time, reverse=True)[:top]
+        result[variant] = {
+            "wall_seconds": wall,
+            "device_busy_seconds": sum(e.device_time for e in kernels) / 1e6 if on_device else None,
+            "kernel_launches": len(kernels) if on_device else None,
+            "top_ops": [
+                {
+                    "op": e.key,
+                    "calls": e.count,
+                    "self_seconds": self_time(e),
+                    "cpu_total_seconds": e.cpu_time_total / 1e6,
+                }
+                for e in rows
+            ],
+        }
+    return result
 
 
 def main() -> None:
@@ -171,6 +241,17 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--no-base", action="store_true", help="skip the app's base model (needs Hydra)")
     parser.add_argument("--name", default=None, help="output file stem (default irdiffusion_<device>)")
+    parser.add_argument(
+        "--generation-steps",
+        type=int,
+        default=1,
+        help="UNet forwards per generation: masks are built in the first and cached for the rest",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile plain and both (IR at every layer, the largest size) into <name>_profile.json",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
@@ -178,6 +259,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     cases = []
+    profiles: dict[str, Any] | None = None
     if not args.no_base:
         unet = base_unet().to(device, dtype).eval()
         text_dim = unet.config.cross_attention_dim
@@ -186,7 +268,17 @@ def main() -> None:
             {
                 "model": "base",
                 **run_case(
-                    unet, 3, 32, text_dim, args.subjects, "all", args.repeats, args.steps, device, dtype
+                    unet,
+                    3,
+                    32,
+                    text_dim,
+                    args.subjects,
+                    "all",
+                    args.repeats,
+                    args.steps,
+                    device,
+                    dtype,
+                    args.generation_steps,
                 ),
             }
         )
@@ -196,26 +288,54 @@ def main() -> None:
         for layers in ("all", LOW_RES_LAYERS):
             log.info("%s, %d x %d latents, IR layers %s", name, size, size, layers)
             case = run_case(
-                unet, 4, size, 768, args.subjects, layers, args.repeats, args.steps, device, dtype
+                unet,
+                4,
+                size,
+                768,
+                args.subjects,
+                layers,
+                args.repeats,
+                args.steps,
+                device,
+                dtype,
+                args.generation_steps,
             )
             cases.append({"model": name, **case})
             log.info("  %s", {k: round(v, 3) for k, v in case["overhead_vs_plain"].items()})
+        if args.profile and size == max(args.sizes):
+            forward, info = make_forward(
+                unet, 4, size, 768, args.subjects, "all", device, dtype, args.generation_steps
+            )
+            profiles = {"model": name, **info, **profile_case(forward, ("plain", "both"), device)}
     result = {"benchmark": "irdiffusion_processors", "machine": machine(), "args": vars(args), "cases": cases}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / (args.name or f"irdiffusion_{device.type}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    if profiles is not None:
+        stem.with_name(stem.name + "_profile.json").write_text(json.dumps(profiles, indent=2) + "\n")
+        for variant in ("plain", "both"):
+            p = profiles[variant]
+            log.info(
+                "profile %s: wall %.4f s, device busy %s s, %s kernel launches",
+                variant,
+                p["wall_seconds"],
+                p["device_busy_seconds"],
+                p["kernel_launches"],
+            )
+            for row in p["top_ops"][:15]:
+                log.info("  %-60s %6d calls %.5f s", row["op"][:60], row["calls"], row["self_seconds"])
     lines = [
-        "| model | latent size | IR layers (enabled / all) | plain forward (s) | "
+        "| model | latent size | IR layers (enabled / all) | forwards / generation | plain forward (s) | "
         + " | ".join(f"{v} / plain" for v in VARIANTS[1:])
         + " |",
-        "|---|---|---|---|" + "---|" * (len(VARIANTS) - 1),
+        "|---|---|---|---|---|" + "---|" * (len(VARIANTS) - 1),
     ]
     for case in cases:
         layers = case["ir_layers"] if case["ir_layers"] == "all" else "low-res"
         lines.append(
             f"| {case['model']} ({args.dtype}) | {case['size']} | {layers} ({case['ir_layers_enabled']} / "
-            f"{case['attention_layers']}) | {case['seconds']['plain']:.3f} | "
+            f"{case['attention_layers']}) | {case['generation_steps']} | {case['seconds']['plain']:.3f} | "
             + " | ".join(f"{case['overhead_vs_plain'][v]:.2f}" for v in VARIANTS[1:])
             + " |"
         )

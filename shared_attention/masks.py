@@ -595,10 +595,58 @@ class DenseMask(MaskSpec):
     def row_valid(self, B, H, Lq, Lk, device="cpu"):
         return self.to_dense(B, H, Lq, Lk, device).any(dim=-1, keepdim=True)
 
+    def _version_key(self, device: torch.device, *extra: Any) -> tuple:
+        """What a remembered form of this mask depends on: device, ``extra`` and the tensor's
+        version (bumped by in-place edits; inference tensors have none and count as never edited)."""
+        version = None if self.mask.is_inference() else self.mask._version
+        return (str(device), *extra, version)
+
     def safe_dense(self, B, H, Lq, Lk, device="cpu"):
+        """As ``MaskSpec.safe_dense``, without a copy of the mask when no row is empty.
+
+        From the second call on the same spec (a spec reused across layers and steps), whether some
+        row is empty is checked once per device and tensor version (one host sync) and remembered
+        on the spec; a mask with no empty row is then returned as is, with validity ``None``. The
+        first call, and every call while tracing, return the opened copy and the validity without
+        looking at the data, so a spec used once costs no sync.
+        """
         dense = self.to_dense(B, H, Lq, Lk, device)
-        valid = dense.any(dim=-1, keepdim=True)
-        return dense | ~valid, valid
+        if _tracing() or not _is_static(*dense.shape):
+            valid = dense.any(dim=-1, keepdim=True)
+            return dense | ~valid, valid
+        key = self._version_key(dense.device)
+        memo = self.__dict__.setdefault("_row_valid_memo", {})
+        if memo.get(key, "first") in ("first", "seen"):
+            valid = dense.any(dim=-1, keepdim=True)
+            if key not in memo:
+                memo.clear()  # only the current version of the tensor is asked for again
+                memo[key] = "seen"
+                return dense | ~valid, valid
+            memo[key] = None if bool(valid.all()) else valid
+        valid = memo[key]
+        return (dense, None) if valid is None else (dense | ~valid, valid)
+
+    def additive_bias(
+        self, B: int, H: int, Lq: int, Lk: int, device: torch.device | str, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor | None]:
+        """``safe_dense`` as an additive float bias of ``dtype`` (0 = may attend, -inf = may not),
+        kept on this spec per device, dtype and tensor version, with rows padded to a multiple of 16
+        elements (a view of the first ``Lk``), the alignment SDPA's fused kernels want for a bias.
+
+        A bool mask given to SDPA is converted to such a bias (and padded) inside every call; a spec
+        reused across layers and steps pays that once. While tracing it returns the bool mask.
+        """
+        dense, valid = self.safe_dense(B, H, Lq, Lk, device)
+        if _tracing() or not _is_static(*dense.shape):
+            return dense, valid
+        key = self._version_key(dense.device, dtype)
+        memo = self.__dict__.setdefault("_bias_memo", {})
+        if key not in memo:
+            memo.clear()
+            *lead, lk = dense.shape
+            padded = torch.full((*lead, -(-lk // 16) * 16), float("-inf"), dtype=dtype, device=dense.device)
+            memo[key] = padded.narrow(-1, 0, lk).masked_fill_(dense, 0.0)
+        return memo[key], valid
 
     def _allowed(self, b, h, q_idx, kv_idx, device):
         m = self._mask4.to(device)

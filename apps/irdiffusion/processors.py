@@ -7,8 +7,8 @@ attention; the target's self-attention gets extra keys/values from the reference
 - Reference keys/values: the hidden states of reference `i` (the input of `to_k`/`to_v` at the same
   layer and step) are offered to the target, visible only to target pixels of subject `i`.
 - Reposition Attention: those reference hidden states are first cropped by the box of subject `i`
-  in its reference, resized to subject `i`'s box in the target and pasted there (one batched
-  `grid_sample`), so each target token finds its counterpart at the same place; only pasted pixels
+  in its reference, resized to subject `i`'s box in the target and pasted there (bilinear
+  sampling), so each target token finds its counterpart at the same place; only pasted pixels
   that fall on the reference subject's mask are visible.
 - Isolation Attention: target pixels of subject `i` may not attend to target pixels of subject
   `j != i` (background pixels attend to, and are attended by, everything).
@@ -28,7 +28,8 @@ mask is one dense boolean `(P, 1, N, N + S * M)` (query pixels x [target pixels,
 tokens]); `expand_mask` scatters it back to the `(P, 1, N, N + S * N)` layout over all reference
 positions. It is built once per resolution per generation with tensor ops and passed to
 `shared_attention.functional.attention` as a `DenseMask`. Reference keys/values are taken from the
-keys/values the layer already computed (sampled at the gathered positions when repositioning, which
+keys/values the layer already computed (sampled at the gathered positions when repositioning: a
+gather of four bilinear taps per position, whose indices and weights are built with the mask; this
 equals projecting the sampled hidden states because `to_k`/`to_v` are linear maps without bias); a
 layer with a key bias or a key norm projects the sampled hidden states instead. Unlike the official code,
 isolation is a real attention mask (not an in-place edit of the hidden states) and subject masks use
@@ -192,6 +193,37 @@ class IRState:
             }
         return self._cache[key]
 
+    def batch_forms(
+        self, h: int, w: int, groups: int, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, Any]:
+        """The layout's tensors repeated for a batch of `groups` groups (and cast to the features'
+        dtype where they multiply features), built once per resolution, batch and dtype.
+
+        index `(groups, S, M * T)` long: the reference positions to gather (T = 4 bilinear taps
+        when repositioning, else 1); weight `(groups, S, M * T, 1)` or None: the taps' weights;
+        blend `(groups, S, 1, N, 1)` and keep `(groups, 1, N, 1)`: the cross-attention blend
+        weights `a * [pixel owned by subject i]` and `1 - sum_i` of them.
+        """
+        layout = self.layout(h, w, device)
+        key = f"batch_{groups}_{dtype}"
+        if key not in layout:
+            reps = groups // layout["mask"].shape[0]
+            if layout["tap_index"] is None:
+                index, weight = layout["ref_index"], None
+            else:
+                index = layout["tap_index"].flatten(-2)
+                weight = layout["tap_weight"].flatten(-2).repeat(reps, 1, 1)[..., None].to(dtype)
+            blend = self.settings.cross_blend if self.settings is not None else 0.0
+            owner = layout["owner"].repeat(reps, 1, 1).permute(0, 2, 1)  # (groups, S, N)
+            weights = owner.to(dtype) * blend
+            layout[key] = {
+                "index": index.repeat(reps, 1, 1),
+                "weight": weight,
+                "blend": weights[:, :, None, :, None],
+                "keep": (1 - weights.sum(dim=1))[:, None, :, None],
+            }
+        return layout[key]
+
     def mask_spec(self, h: int, w: int, groups: int, device: torch.device) -> DenseMask:
         """The target's mask for a batch of `groups` groups as one `DenseMask`, reused by every call.
 
@@ -247,7 +279,9 @@ def build_layout(state: IRState, h: int, w: int) -> dict[str, Tensor | None]:
       [:, :, q, N + i*M + m] target pixel q -> reference-i token `ref_index[:, i, m]`: only if q is in
                              subject i's target region and that token lies on reference i's
                              subject (after reposition); never for a padded slot.
-    grid `(P, S, M, 2)`: where each gathered token samples reference `i` (reposition only).
+    grid `(P, S, M, 2)`: where each gathered token samples reference `i` (reposition only), and
+    the same points as bilinear taps (`bilinear_taps`): tap_index `(P, S, M, 4)`, tap_weight
+    `(P, S, M, 4)`.
     """
     assert state.settings is not None and state.ref_masks is not None
     settings = state.settings
@@ -292,9 +326,38 @@ def build_layout(state: IRState, h: int, w: int) -> dict[str, Tensor | None]:
     seen = owner[..., None] if settings.route else torch.ones_like(owner)[..., None]
     ref_mask = seen & valid[:, None]  # (P, N, S, M)
     mask = torch.cat([self_mask, ref_mask.reshape(p, n, s * slots)], dim=-1)[:, None]
+    tap_index = tap_weight = None
     if grid is not None:
         grid = torch.gather(grid.reshape(p, s, n, 2), 2, ref_index[..., None].expand(p, s, slots, 2))
-    return {"mask": mask, "grid": grid, "owner": owner, "ref_index": ref_index}
+        tap_index, tap_weight = bilinear_taps(grid, h, w)
+    return {
+        "mask": mask,
+        "grid": grid,
+        "tap_index": tap_index,
+        "tap_weight": tap_weight,
+        "owner": owner,
+        "ref_index": ref_index,
+    }
+
+
+def bilinear_taps(grid: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+    """`F.grid_sample`'s bilinear sampling (zero padding, `align_corners=False`) of an `(h, w)` map
+    at the points `grid (..., 2)` (x, y in [-1, 1]) as four taps per point: flat positions
+    `index (..., 4)` long and `weight (..., 4)` float (0 for a tap outside the map).
+
+    Sampling token-major features `(..., N, D)` by gathering the taps reads whole feature rows,
+    where `grid_sample` on channel-first maps walks the channels of each point one by one.
+    """
+    x = ((grid[..., 0].float() + 1) * w - 1) / 2
+    y = ((grid[..., 1].float() + 1) * h - 1) / 2
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=-1)
+    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=-1)
+    weight = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)
+    inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
+    index = torch.where(inside, ys * w + xs, torch.zeros_like(xs)).long()
+    return index, torch.where(inside, weight, torch.zeros_like(weight))
 
 
 def expand_mask(layout: dict[str, Tensor | None], n: int) -> Tensor:
@@ -417,11 +480,9 @@ class IRAttnProcessor:
             backend=state.backend,
         ).view(groups, s, heads, n, head_dim)
 
-        index = layout["ref_index"]  # (P, S, M)
-        slots = index.shape[-1]
-        reps = groups // p
-        index = index.repeat(reps, 1, 1)  # (groups, S, M)
-        grid = layout["grid"]
+        slots = layout["ref_index"].shape[-1]
+        forms = state.batch_forms(h, w, groups, query.dtype, query.device)
+        index, weight = forms["index"], forms["weight"]
         linear = (
             getattr(attn.to_k, "bias", None) is None
             and getattr(attn.to_v, "bias", None) is None
@@ -430,14 +491,13 @@ class IRAttnProcessor:
 
         def pick(tokens: Tensor) -> Tensor:
             """`(groups, S, N, D)` per reference position -> `(groups, S, M, D)` at the gathered
-            positions (bilinearly sampled from the reference when repositioning)."""
+            positions (bilinearly sampled from the reference when repositioning: a gather of four
+            taps and their weighted sum)."""
             d = tokens.shape[-1]
-            if grid is None:
-                return torch.gather(tokens, 2, index[..., None].expand(groups, s, slots, d))
-            maps = tokens.reshape(groups * s, h, w, d).permute(0, 3, 1, 2)
-            points = grid.repeat(reps, 1, 1, 1).reshape(groups * s, 1, slots, 2).to(maps.dtype)
-            moved = F.grid_sample(maps, points, mode="bilinear", padding_mode="zeros", align_corners=False)
-            return moved.reshape(groups, s, d, slots).transpose(2, 3)
+            picked = torch.gather(tokens, 2, index[..., None].expand(groups, s, index.shape[-1], d))
+            if weight is None:
+                return picked
+            return (picked * weight).view(groups, s, slots, 4, d).sum(dim=3)
 
         if linear:  # the layer's own reference keys/values, picked (sampling commutes with to_k/to_v)
 
@@ -468,8 +528,7 @@ class IRAttnProcessor:
         batch, heads, _, head_dim = query.shape
         groups = batch // g
         h, w = state.spatial_size(n)
-        owner = state.layout(h, w, query.device)["owner"]  # (P, N, S)
-        p = owner.shape[0]
+        forms = state.batch_forms(h, w, groups, out.dtype, query.device)
         length = key.shape[2]
         q_target = query.view(groups, g, heads, n, head_dim)[:, s]
         k_refs = key.view(groups, g, heads, length, head_dim)[:, :s]
@@ -483,10 +542,8 @@ class IRAttnProcessor:
             v_refs.reshape(groups * s, heads, length, head_dim),
             backend=state.backend,
         ).view(groups, s, heads, n, head_dim)
-        weight = owner.repeat(groups // p, 1, 1).permute(0, 2, 1).to(out.dtype) * state.settings.cross_blend  # type: ignore[union-attr]
-        weight = weight[:, :, None, :, None]  # (groups, S, 1, N, 1)
         out = out.view(groups, g, heads, n, head_dim)
-        target = out[:, s] * (1 - weight.sum(dim=1)) + (weight * from_refs).sum(dim=1)
+        target = out[:, s] * forms["keep"] + (forms["blend"] * from_refs).sum(dim=1)
         return torch.cat([out[:, :s], target[:, None]], dim=1).reshape(batch, heads, n, head_dim)
 
 

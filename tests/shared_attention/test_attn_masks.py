@@ -6,6 +6,7 @@ from sa_cases import MASKS, SHAPES, brute_force_dense
 
 from shared_attention import AndMask, BlockSparse, Causal, KeyPadding, SinkWindow, SlidingWindow, VarLen
 from shared_attention.backends.flex import block_mask_for
+from shared_attention.functional import attention
 from shared_attention.masks import DenseMask, MaskSpec
 
 SPEC_CASES = [name for name in MASKS if name not in ("none", "bool_tensor", "bool_tensor_2d")]
@@ -94,6 +95,47 @@ def test_row_valid_reports_empty_rows():
     assert valid.flatten().tolist() == [False, False, True, True, True]
     dense, valid = KeyPadding(torch.tensor([0, 3])).safe_dense(2, 1, 2, 4)
     assert dense[0].all() and valid.flatten().tolist() == [False, True]
+
+
+def test_dense_mask_without_empty_rows_is_served_as_is_and_follows_in_place_edits():
+    """A reused DenseMask with no empty row goes to the kernels as the tensor itself (no opened
+    copy, no validity to apply); the check is remembered per tensor version, so an in-place edit
+    that empties a row is seen at the next call."""
+    tensor = torch.ones(1, 1, 3, 4, dtype=torch.bool)
+    tensor[0, 0, 1, 2:] = False
+    spec = DenseMask(tensor)
+    dense, valid = spec.safe_dense(1, 2, 3, 4)  # first use: no look at the data (no host sync)
+    assert torch.equal(dense, tensor) and bool(valid.all())
+    dense, valid = spec.safe_dense(1, 2, 3, 4)  # reused: checked once, then served as is
+    assert dense.data_ptr() == tensor.data_ptr() and valid is None
+    assert spec.safe_dense(1, 2, 3, 4)[1] is None
+    tensor[0, 0, 2] = False  # row 2 now sees nothing
+    dense, valid = spec.safe_dense(1, 2, 3, 4)
+    assert valid.flatten().tolist() == [True, True, False]
+    assert dense[0, 0, 2].all() and torch.equal(dense[0, 0, :2], tensor[0, 0, :2])
+    q, k, v = (torch.randn(1, 2, 3 if t == "q" else 4, 8) for t in "qkv")
+    out = attention(q, k, v, mask=spec, backend="sdpa")
+    assert out[:, :, 2].abs().max() == 0 and torch.allclose(
+        out, attention(q, k, v, mask=spec, backend="math"), atol=1e-6
+    )
+
+
+def test_dense_mask_additive_bias_is_aligned_kept_and_renewed_after_edits():
+    """The bias SDPA gets on CUDA: 0 where the (opened) mask allows, -inf elsewhere, rows padded to
+    16 elements, the same tensor on the next call, a new one after an in-place edit of the mask."""
+    tensor = torch.rand(2, 1, 5, 13, generator=torch.Generator().manual_seed(0)) < 0.5
+    tensor[1, 0, 3] = False  # an empty row: opened in the bias, reported in the validity
+    spec = DenseMask(tensor)
+    bias, valid = spec.additive_bias(2, 4, 5, 13, "cpu", torch.float16)
+    dense, want_valid = spec.safe_dense(2, 4, 5, 13)
+    assert bias.dtype == torch.float16 and bias.shape == (2, 1, 5, 13) and bias.stride(-2) == 16
+    assert torch.equal(bias == 0, dense) and torch.isinf(bias[~dense]).all()
+    assert torch.equal(valid, want_valid) and not valid[1, 0, 3, 0]
+    assert spec.additive_bias(2, 4, 5, 13, "cpu", torch.float16)[0] is bias
+    assert spec.additive_bias(2, 4, 5, 13, "cpu", torch.float32)[0].dtype == torch.float32
+    tensor[0, 0, 0] = True
+    renewed, _ = spec.additive_bias(2, 4, 5, 13, "cpu", torch.float16)
+    assert renewed is not bias and (renewed[0, 0, 0] == 0).all()
 
 
 def test_and_operator_and_flattening():

@@ -272,3 +272,25 @@ def test_gathered_reference_keys_equal_the_dense_computation(variant, key_bias):
         got = processor(attn, hidden)[2]
         expected = _dense_target_attention(attn, hidden, state, 64)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_bilinear_taps_sample_like_grid_sample():
+    """Four gathered taps and their weights give `grid_sample`'s bilinear values with zero padding,
+    including points near and beyond the border."""
+    from apps.irdiffusion.processors import bilinear_taps
+
+    torch.manual_seed(0)
+    h, w, d = 5, 7, 3
+    maps = torch.randn(2, d, h, w)
+    grid = torch.rand(2, 1, 40, 2) * 2.6 - 1.3  # some points fall outside [-1, 1]
+    grid[0, 0, :4] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-3.0, -3.0], [0.999, -0.999]])
+    expected = torch.nn.functional.grid_sample(
+        maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )[:, :, 0].transpose(1, 2)  # (2, 40, d)
+    index, weight = bilinear_taps(grid[:, 0], h, w)
+    assert index.shape == weight.shape == (2, 40, 4) and index.dtype == torch.long
+    tokens = maps.flatten(2).transpose(1, 2)  # (2, h * w, d)
+    picked = torch.gather(tokens, 1, index.view(2, 160, 1).expand(2, 160, d)).view(2, 40, 4, d)
+    got = (picked * weight[..., None]).sum(dim=2)
+    assert torch.allclose(got, expected, atol=1e-6), (got - expected).abs().max()
+    assert weight[0, 2].abs().sum() == 0  # a point far outside reads nothing
