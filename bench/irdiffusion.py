@@ -140,30 +140,18 @@ def make_forward(
         "batch": batch,
         "generation_steps": generation_steps,
         "ir_layers": layers if layers == "all" else list(layers),
-        "ir_layers_enabled": sum(p.enabled for p in unet.attn_processors.values()),
+        "ir_layers_enabled": sum(proc.enabled for proc in unet.attn_processors.values()),
         "attention_layers": len(unet.attn_processors),
     }
     return forward, info
 
 
 def run_case(
-    unet: Any,
-    channels: int,
-    size: int,
-    context_dim: int,
-    subjects: int,
-    layers: str | tuple[str, ...],
-    repeats: int,
-    steps: int,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    generation_steps: int = 1,
+    forward: Callable[[str], None], info: dict[str, Any], repeats: int, steps: int, device: torch.device
 ) -> dict[str, Any]:
-    """Median time per UNet forward of `plain` and each IR variant, over generations of
-    `generation_steps` forwards (see `make_forward`)."""
-    forward, info = make_forward(
-        unet, channels, size, context_dim, subjects, layers, device, dtype, generation_steps
-    )
+    """Median time per UNet forward of `plain` and each IR variant, over generations run by
+    `forward` (see `make_forward`), `steps` generations per variant and round."""
+    generation_steps = info["generation_steps"]
     rounds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for variant in VARIANTS:  # warm-up
         forward(variant)
@@ -258,48 +246,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
+
+    def timed(unet: Any, channels: int, size: int, context_dim: int, layers: str | tuple[str, ...]) -> dict:
+        forward, info = make_forward(
+            unet, channels, size, context_dim, args.subjects, layers, device, dtype, args.generation_steps
+        )
+        return run_case(forward, info, args.repeats, args.steps, device)
+
     cases = []
     profiles: dict[str, Any] | None = None
     if not args.no_base:
         unet = base_unet().to(device, dtype).eval()
         text_dim = unet.config.cross_attention_dim
         log.info("base model UNet, 32 x 32 pixels")
-        cases.append(
-            {
-                "model": "base",
-                **run_case(
-                    unet,
-                    3,
-                    32,
-                    text_dim,
-                    args.subjects,
-                    "all",
-                    args.repeats,
-                    args.steps,
-                    device,
-                    dtype,
-                    args.generation_steps,
-                ),
-            }
-        )
+        cases.append({"model": "base", **timed(unet, 3, 32, text_dim, "all")})
     name = f"sd15_w{args.width_divisor}"
     for size in args.sizes:
         unet = sd15_unet(args.width_divisor, size).to(device, dtype).eval()
         for layers in ("all", LOW_RES_LAYERS):
             log.info("%s, %d x %d latents, IR layers %s", name, size, size, layers)
-            case = run_case(
-                unet,
-                4,
-                size,
-                768,
-                args.subjects,
-                layers,
-                args.repeats,
-                args.steps,
-                device,
-                dtype,
-                args.generation_steps,
-            )
+            case = timed(unet, 4, size, 768, layers)
             cases.append({"model": name, **case})
             log.info("  %s", {k: round(v, 3) for k, v in case["overhead_vs_plain"].items()})
         if args.profile and size == max(args.sizes):
