@@ -80,10 +80,15 @@ class HuBERTopicModule(BaseModule):
         probe_folds: 0 scores the utterance probes on that share; k >= 2 cross-validates them over
             k folds (by a hash of the id) so that every utterance is scored. The CTC probe always
             uses the hashed split.
-        ctc_epochs: epochs of the linear CTC probe.
+        ctc_epochs, ctc_lr, ctc_schedule: training of the linear CTC probe (Adam): epochs, learning
+            rate, and `constant` or `cosine` (the rate falls to 0 along a half cosine). The old
+            default, 30 epochs at 2e-3 constant, left the head far from converged on the long
+            corpus (see the README, "A converged CTC probe").
         probe_weighted: also run every probe in SUPERB's form, on a learnt softmax-weighted sum of
             all Transformer layers (`test/<probe>_weighted`, layer weights in `probes.json`).
         probe_ctc_per_layer: also fit the CTC probe on every layer (`per_layer_cer` in `probes.json`).
+        utterance_probes: run the speaker / gender / theme probes (false: only the CTC probes and
+            NMI, e.g. to re-probe character recognition of old checkpoints with other probe settings).
         plots: write the PNG plots after testing.
     """
 
@@ -102,9 +107,12 @@ class HuBERTopicModule(BaseModule):
         probe_layer: int = -1,
         probe_test_fraction: float = 0.25,
         probe_folds: int = 0,
-        ctc_epochs: int = 30,
+        ctc_epochs: int = 100,
+        ctc_lr: float = 1e-2,
+        ctc_schedule: str = "cosine",
         probe_weighted: bool = False,
         probe_ctc_per_layer: bool = False,
+        utterance_probes: bool = True,
         plots: bool = True,
     ) -> None:
         super().__init__(model, optimizer, scheduler, model_config)
@@ -125,9 +133,20 @@ class HuBERTopicModule(BaseModule):
                 f"app.module.probe_folds must be 0 (one hashed split) or >= 2, got {probe_folds}"
             )
         self.probe_folds = probe_folds
+        if ctc_schedule not in probes.CTC_SCHEDULES:
+            raise ValueError(
+                f"app.module.ctc_schedule must be one of {probes.CTC_SCHEDULES}, got {ctc_schedule!r}"
+            )
+        if ctc_epochs < 1 or ctc_lr <= 0:
+            raise ValueError(
+                f"app.module.ctc_epochs must be >= 1 and app.module.ctc_lr > 0, got {ctc_epochs}, {ctc_lr}"
+            )
         self.ctc_epochs = ctc_epochs
+        self.ctc_lr = ctc_lr
+        self.ctc_schedule = ctc_schedule
         self.probe_weighted = probe_weighted
         self.probe_ctc_per_layer = probe_ctc_per_layer
+        self.utterance_probes = utterance_probes
         self.plots = plots
         self._collected: dict[str, list[Any]] = {}
 
@@ -214,6 +233,10 @@ class HuBERTopicModule(BaseModule):
         self.log("val/loss", losses["loss"], batch_size=size, prog_bar=True)
 
     # ------------------------------------------------------------------ probes
+    @property
+    def _ctc_training(self) -> dict[str, Any]:
+        return {"epochs": self.ctc_epochs, "lr": self.ctc_lr, "schedule": self.ctc_schedule}
+
     def on_test_epoch_start(self) -> None:
         self._collected = {"utt_ids": [], "pooled": [], "frames": [], "all_frames": []}
 
@@ -244,7 +267,7 @@ class HuBERTopicModule(BaseModule):
             name: values for name, values in facts.items() if utt_ids and all(v is not None for v in values)
         }
         folds = probes.probe_folds(utt_ids, self.probe_folds) if self.probe_folds else None
-        for name, values in facts.items():
+        for name, values in facts.items() if self.utterance_probes else ():
             scores = [
                 probes.cross_validated_probe(pooled[:, layer], values, folds)
                 if folds is not None
@@ -265,12 +288,12 @@ class HuBERTopicModule(BaseModule):
                     layer_weights[name] = [round(float(w), 4) for w in weighted[1]]
         texts = [datamodule.transcripts.get(u) for u in utt_ids]
         if utt_ids and all(texts):
-            cer = probes.ctc_probe(self._collected["frames"], texts, is_test, epochs=self.ctc_epochs)
+            cer = probes.ctc_probe(self._collected["frames"], texts, is_test, **self._ctc_training)
             if cer is not None:
                 metrics["test/char_cer"] = cer
             if self.probe_weighted:
                 weighted = probes.weighted_ctc_probe(
-                    self._collected["all_frames"], texts, is_test, epochs=self.ctc_epochs
+                    self._collected["all_frames"], texts, is_test, **self._ctc_training
                 )
                 if weighted is not None:
                     metrics["test/char_cer_weighted"] = weighted[0]
@@ -281,7 +304,7 @@ class HuBERTopicModule(BaseModule):
                         [f[layer] for f in self._collected["all_frames"]],
                         texts,
                         is_test,
-                        epochs=self.ctc_epochs,
+                        **self._ctc_training,
                     )
                     for layer in range(pooled.shape[1])
                 ]
@@ -308,6 +331,7 @@ class HuBERTopicModule(BaseModule):
             "probe_test_utterances": len(utt_ids) if folds is not None else int(is_test.sum()),
             "probe_folds": self.probe_folds,
             "ctc_test_utterances": int(is_test.sum()),
+            "ctc_training": self._ctc_training,
             "chance": {name: 1.0 / max(len(set(v)), 1) for name, v in facts.items()},
         }
         out_dir = Path(self.trainer.default_root_dir)

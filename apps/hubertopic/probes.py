@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from sklearn.preprocessing import StandardScaler
 log = logging.getLogger(__name__)
 
 CHARACTERS = " 'ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CTC_SCHEDULES = ("constant", "cosine")
 
 
 def probe_split(utt_ids: Sequence[str], test_fraction: float = 0.25, salt: str = "probe") -> np.ndarray:
@@ -194,10 +196,16 @@ def ctc_probe(
     *,
     epochs: int = 30,
     lr: float = 2e-3,
+    schedule: str = "constant",
     seed: int = 0,
 ) -> float | None:
-    """Character error rate of a linear CTC head on frozen frame features `[(F_i, D)]`."""
-    result = _fit_ctc([f[None] for f in frames], texts, is_test, epochs=epochs, lr=lr, seed=seed)
+    """Character error rate of a linear CTC head on frozen frame features `[(F_i, D)]`.
+
+    `schedule`: `constant` (Adam at `lr` throughout) or `cosine` (Adam's rate falls from `lr` to 0
+    along a half cosine over the `epochs`, so the head ends settled rather than mid-oscillation)."""
+    result = _fit_ctc(
+        [f[None] for f in frames], texts, is_test, epochs=epochs, lr=lr, schedule=schedule, seed=seed
+    )
     return None if result is None else result[0]
 
 
@@ -208,6 +216,7 @@ def weighted_ctc_probe(
     *,
     epochs: int = 30,
     lr: float = 2e-3,
+    schedule: str = "constant",
     seed: int = 0,
 ) -> tuple[float, np.ndarray] | None:
     """SUPERB's form of :func:`ctc_probe`: the head reads a softmax-weighted sum of every layer of
@@ -215,7 +224,7 @@ def weighted_ctc_probe(
     learning rate). Returns the character error rate and the weights `(L,)`."""
     if any(f.ndim != 3 for f in frames):
         raise ValueError("weighted_ctc_probe needs frames [(L, F_i, D)]")
-    return _fit_ctc(frames, texts, is_test, epochs=epochs, lr=lr, seed=seed)
+    return _fit_ctc(frames, texts, is_test, epochs=epochs, lr=lr, schedule=schedule, seed=seed)
 
 
 @torch.inference_mode(False)
@@ -228,10 +237,13 @@ def _fit_ctc(
     epochs: int,
     lr: float,
     seed: int,
+    schedule: str = "constant",
     layer_lr_scale: float = 10.0,
 ) -> tuple[float, np.ndarray] | None:
     """A linear CTC head on a softmax-weighted sum of the layers of `[(L, F_i, D)]` (one layer:
     that layer), trained with Adam on the `~is_test` utterances; CER on the rest, layer weights."""
+    if schedule not in CTC_SCHEDULES:
+        raise ValueError(f"CTC probe schedule must be one of {CTC_SCHEDULES}, got {schedule!r}")
     train_idx = [i for i in range(len(frames)) if not is_test[i]]
     test_idx = [i for i in range(len(frames)) if is_test[i]]
     if not train_idx or not test_idx:
@@ -251,6 +263,14 @@ def _fit_ctc(
         # leave uniform weights in a probe's few hundred steps (SUPERB trains for many thousand)
         groups.append({"params": [layer_logits], "lr": lr * layer_lr_scale})
     optimizer = torch.optim.Adam(groups, lr=lr)
+    total_steps = epochs * -(-len(train_idx) // 16)
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
+        if schedule == "cosine"
+        else None
+    )
 
     def mix(x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] == 1:
@@ -273,6 +293,8 @@ def _fit_ctc(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
     errors = chars = 0
     with torch.no_grad():
         for i in test_idx:

@@ -113,6 +113,32 @@ def test_eval_runs_the_probes_on_the_checkpoint(smoke_run):
     assert (out / "eval" / "probes.json").is_file()
 
 
+def test_eval_can_reprobe_character_recognition_alone(smoke_run):
+    """`utterance_probes=false` skips speaker / gender / theme and keeps the CTC probe (with the
+    probe's training taken from the config) and the NMI."""
+    from tests.conftest import run_cli
+
+    out, common = smoke_run
+    proc = run_cli(
+        "apps.eval",
+        "app=hubertopic",
+        f"ckpt_path={out / 'run' / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={out / 'eval_ctc'}",
+        "trainer.enable_progress_bar=false",
+        "app.module.utterance_probes=false",
+        "app.module.ctc_schedule=constant",
+        "app.module.ctc_lr=0.002",
+        *common,
+        *[arg for arg in TINY if not arg.startswith("trainer.")],
+    )
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["test/char_cer"] >= 0.0 and "test/nmi_topic_gender" in report
+    assert not any(key.endswith("_acc") for key in report)
+    probes_json = json.loads((out / "eval_ctc" / "probes.json").read_text())
+    assert probes_json["per_layer_acc"] == {}
+    assert probes_json["ctc_training"] == {"epochs": 2, "lr": 0.002, "schedule": "constant"}
+
+
 def test_eval_cross_validated_probes_score_every_utterance(smoke_run):
     from tests.conftest import run_cli
 
@@ -134,6 +160,7 @@ def test_eval_cross_validated_probes_score_every_utterance(smoke_run):
     assert 0.0 <= report["test/gender_acc"] <= 1.0
     probes_json = json.loads((out / "eval_cv" / "probes.json").read_text())
     assert probes_json["probe_folds"] == 3
+    assert probes_json["ctc_training"] == {"epochs": 2, "lr": 0.01, "schedule": "cosine"}
     assert (
         probes_json["probe_test_utterances"] == probes_json["utterances"] > probes_json["ctc_test_utterances"]
     )

@@ -113,3 +113,46 @@ def test_weighted_ctc_probe_reads_the_layer_that_spells_the_text():
     assert single == probes.ctc_probe(frames, texts, is_test, epochs=2)
     with pytest.raises(ValueError, match=r"\(L, F_i, D\)"):
         probes.weighted_ctc_probe(frames, texts, is_test)
+
+
+def _recorded_rates(monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple[float, list[list[float]]]:
+    import torch
+
+    rates: list[list[float]] = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kw):
+        rates.append([group["lr"] for group in self.param_groups])
+        return step(self, *args, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    frames, texts = _spelled(n=40)
+    is_test = np.arange(len(frames)) % 4 == 0
+    result = probes.weighted_ctc_probe([np.stack([f, f]) for f in frames], texts, is_test, **kwargs)
+    return result[0], rates
+
+
+def test_cosine_ctc_probe_ends_at_rest_and_constant_keeps_its_rate(monkeypatch):
+    # 30 training utterances: 2 batches of 16 an epoch
+    cer, cosine = _recorded_rates(monkeypatch, epochs=60, lr=5e-2, schedule="cosine")
+    assert len(cosine) == 120
+    assert cosine[0] == pytest.approx([5e-2, 5e-1])  # the layer weights at 10 x the head's rate
+    head = [r[0] for r in cosine]
+    assert all(a >= b for a, b in zip(head, head[1:])) and head[-1] < 5e-2 * 0.01
+    assert head[30] == pytest.approx(5e-2 * 0.5 * (1 + np.cos(np.pi * 30 / 120)))
+    assert [r[1] for r in cosine] == pytest.approx([10 * r for r in head])
+    assert cer < 0.2  # the spelled layer is read
+    _, constant = _recorded_rates(monkeypatch, epochs=3, lr=2e-2)
+    assert constant == [[2e-2, 2e-1]] * 6
+
+
+def test_ctc_probe_rejects_an_unknown_schedule():
+    frames, texts = _spelled(n=8)
+    with pytest.raises(ValueError, match="schedule"):
+        probes.ctc_probe(frames, texts, np.arange(8) % 4 == 0, epochs=1, schedule="linear")
+    from apps.hubertopic.module import HuBERTopicModule
+
+    with pytest.raises(ValueError, match="app.module.ctc_schedule"):
+        HuBERTopicModule(model=None, optimizer=None, ctc_schedule="step")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="app.module.ctc_epochs"):
+        HuBERTopicModule(model=None, optimizer=None, ctc_epochs=0)  # type: ignore[arg-type]
