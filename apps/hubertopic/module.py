@@ -83,7 +83,7 @@ class HuBERTopicModule(BaseModule):
         ctc_epochs, ctc_lr, ctc_schedule: training of the linear CTC probe (Adam): epochs, learning
             rate, and `constant` or `cosine` (the rate falls to 0 along a half cosine). The old
             default, 30 epochs at 2e-3 constant, left the head far from converged on the long
-            corpus (see the README, "A converged CTC probe").
+            corpus (see the README, "A converged CTC probe"). `ctc_epochs=0` skips the CTC probes.
         probe_weighted: also run every probe in SUPERB's form, on a learnt softmax-weighted sum of
             all Transformer layers (`test/<probe>_weighted`, layer weights in `probes.json`).
         probe_ctc_per_layer: also fit the CTC probe on every layer (`per_layer_cer` in `probes.json`).
@@ -137,9 +137,9 @@ class HuBERTopicModule(BaseModule):
             raise ValueError(
                 f"app.module.ctc_schedule must be one of {probes.CTC_SCHEDULES}, got {ctc_schedule!r}"
             )
-        if ctc_epochs < 1 or ctc_lr <= 0:
+        if ctc_epochs < 0 or ctc_lr <= 0:
             raise ValueError(
-                f"app.module.ctc_epochs must be >= 1 and app.module.ctc_lr > 0, got {ctc_epochs}, {ctc_lr}"
+                f"app.module.ctc_epochs must be >= 0 and app.module.ctc_lr > 0, got {ctc_epochs}, {ctc_lr}"
             )
         self.ctc_epochs = ctc_epochs
         self.ctc_lr = ctc_lr
@@ -287,7 +287,7 @@ class HuBERTopicModule(BaseModule):
                     metrics[f"test/{name}_acc_weighted"] = weighted[0]
                     layer_weights[name] = [round(float(w), 4) for w in weighted[1]]
         texts = [datamodule.transcripts.get(u) for u in utt_ids]
-        if utt_ids and all(texts):
+        if utt_ids and all(texts) and self.ctc_epochs > 0:
             cer = probes.ctc_probe(self._collected["frames"], texts, is_test, **self._ctc_training)
             if cer is not None:
                 metrics["test/char_cer"] = cer

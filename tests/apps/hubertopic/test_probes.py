@@ -155,4 +155,4 @@ def test_ctc_probe_rejects_an_unknown_schedule():
     with pytest.raises(ValueError, match="app.module.ctc_schedule"):
         HuBERTopicModule(model=None, optimizer=None, ctc_schedule="step")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="app.module.ctc_epochs"):
-        HuBERTopicModule(model=None, optimizer=None, ctc_epochs=0)  # type: ignore[arg-type]
+        HuBERTopicModule(model=None, optimizer=None, ctc_epochs=-1)  # type: ignore[arg-type]
