@@ -84,6 +84,8 @@ class HuBERTopicModule(BaseModule):
             rate, and `constant` or `cosine` (the rate falls to 0 along a half cosine). The old
             default, 30 epochs at 2e-3 constant, left the head far from converged on the long
             corpus (see the README, "A converged CTC probe"). `ctc_epochs=0` skips the CTC probes.
+        ctc_layer_lr_scale: the weighted CTC probe's layer weights learn at this multiple of the
+            head's rate (the old probe used 10).
         probe_weighted: also run every probe in SUPERB's form, on a learnt softmax-weighted sum of
             all Transformer layers (`test/<probe>_weighted`, layer weights in `probes.json`).
         probe_ctc_per_layer: also fit the CTC probe on every layer (`per_layer_cer` in `probes.json`).
@@ -110,6 +112,7 @@ class HuBERTopicModule(BaseModule):
         ctc_epochs: int = 100,
         ctc_lr: float = 1e-2,
         ctc_schedule: str = "cosine",
+        ctc_layer_lr_scale: float = 1.0,
         probe_weighted: bool = False,
         probe_ctc_per_layer: bool = False,
         utterance_probes: bool = True,
@@ -144,6 +147,7 @@ class HuBERTopicModule(BaseModule):
         self.ctc_epochs = ctc_epochs
         self.ctc_lr = ctc_lr
         self.ctc_schedule = ctc_schedule
+        self.ctc_layer_lr_scale = ctc_layer_lr_scale
         self.probe_weighted = probe_weighted
         self.probe_ctc_per_layer = probe_ctc_per_layer
         self.utterance_probes = utterance_probes
@@ -293,7 +297,11 @@ class HuBERTopicModule(BaseModule):
                 metrics["test/char_cer"] = cer
             if self.probe_weighted:
                 weighted = probes.weighted_ctc_probe(
-                    self._collected["all_frames"], texts, is_test, **self._ctc_training
+                    self._collected["all_frames"],
+                    texts,
+                    is_test,
+                    layer_lr_scale=self.ctc_layer_lr_scale,
+                    **self._ctc_training,
                 )
                 if weighted is not None:
                     metrics["test/char_cer_weighted"] = weighted[0]
@@ -331,7 +339,7 @@ class HuBERTopicModule(BaseModule):
             "probe_test_utterances": len(utt_ids) if folds is not None else int(is_test.sum()),
             "probe_folds": self.probe_folds,
             "ctc_test_utterances": int(is_test.sum()),
-            "ctc_training": self._ctc_training,
+            "ctc_training": {**self._ctc_training, "layer_lr_scale": self.ctc_layer_lr_scale},
             "chance": {name: 1.0 / max(len(set(v)), 1) for name, v in facts.items()},
         }
         out_dir = Path(self.trainer.default_root_dir)

@@ -138,7 +138,12 @@ def test_eval_can_reprobe_character_recognition_alone(smoke_run):
     assert not any(key.endswith("_acc") for key in report)
     probes_json = json.loads((out / "eval_ctc" / "probes.json").read_text())
     assert probes_json["per_layer_acc"] == {}
-    assert probes_json["ctc_training"] == {"epochs": 2, "lr": 0.002, "schedule": "constant"}
+    assert probes_json["ctc_training"] == {
+        "epochs": 2,
+        "lr": 0.002,
+        "schedule": "constant",
+        "layer_lr_scale": 1.0,
+    }
 
 
 def test_eval_cross_validated_probes_score_every_utterance(smoke_run):
@@ -162,7 +167,12 @@ def test_eval_cross_validated_probes_score_every_utterance(smoke_run):
     assert 0.0 <= report["test/gender_acc"] <= 1.0
     probes_json = json.loads((out / "eval_cv" / "probes.json").read_text())
     assert probes_json["probe_folds"] == 3
-    assert probes_json["ctc_training"] == {"epochs": 2, "lr": 0.01, "schedule": "cosine"}
+    assert probes_json["ctc_training"] == {
+        "epochs": 2,
+        "lr": 0.01,
+        "schedule": "cosine",
+        "layer_lr_scale": 1.0,
+    }
     assert (
         probes_json["probe_test_utterances"] == probes_json["utterances"] > probes_json["ctc_test_utterances"]
     )

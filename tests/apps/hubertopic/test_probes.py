@@ -103,7 +103,7 @@ def test_weighted_ctc_probe_reads_the_layer_that_spells_the_text():
     rng = np.random.default_rng(1)
     is_test = np.arange(len(frames)) % 4 == 0
     layered = [np.stack([rng.normal(size=f.shape).astype(np.float32), f]) for f in frames]
-    cer, weights = probes.weighted_ctc_probe(layered, texts, is_test, epochs=40, lr=2e-2)
+    cer, weights = probes.weighted_ctc_probe(layered, texts, is_test, epochs=40, lr=2e-2, layer_lr_scale=10.0)
     noise_cer = probes.ctc_probe([f[0] for f in layered], texts, is_test, epochs=40, lr=2e-2)
     assert cer < 0.2 < noise_cer
     assert weights.shape == (2,) and weights[1] > weights[0]
@@ -134,7 +134,7 @@ def _recorded_rates(monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple[float, l
 
 def test_cosine_ctc_probe_ends_at_rest_and_constant_keeps_its_rate(monkeypatch):
     # 30 training utterances: 2 batches of 16 an epoch
-    cer, cosine = _recorded_rates(monkeypatch, epochs=60, lr=5e-2, schedule="cosine")
+    cer, cosine = _recorded_rates(monkeypatch, epochs=60, lr=5e-2, schedule="cosine", layer_lr_scale=10.0)
     assert len(cosine) == 120
     assert cosine[0] == pytest.approx([5e-2, 5e-1])  # the layer weights at 10 x the head's rate
     head = [r[0] for r in cosine]
@@ -143,7 +143,7 @@ def test_cosine_ctc_probe_ends_at_rest_and_constant_keeps_its_rate(monkeypatch):
     assert [r[1] for r in cosine] == pytest.approx([10 * r for r in head])
     assert cer < 0.2  # the spelled layer is read
     _, constant = _recorded_rates(monkeypatch, epochs=3, lr=2e-2)
-    assert constant == [[2e-2, 2e-1]] * 6
+    assert constant == [[2e-2, 2e-2]] * 6  # the layer weights at the head's rate by default
 
 
 def test_ctc_probe_rejects_an_unknown_schedule():
