@@ -140,9 +140,10 @@ class HuBERTopicModule(BaseModule):
             raise ValueError(
                 f"app.module.ctc_schedule must be one of {probes.CTC_SCHEDULES}, got {ctc_schedule!r}"
             )
-        if ctc_epochs < 0 or ctc_lr <= 0:
+        if ctc_epochs < 0 or ctc_lr <= 0 or ctc_layer_lr_scale <= 0:
             raise ValueError(
-                f"app.module.ctc_epochs must be >= 0 and app.module.ctc_lr > 0, got {ctc_epochs}, {ctc_lr}"
+                "app.module.ctc_epochs must be >= 0, app.module.ctc_lr and app.module.ctc_layer_lr_scale "
+                f"> 0, got {ctc_epochs}, {ctc_lr}, {ctc_layer_lr_scale}"
             )
         self.ctc_epochs = ctc_epochs
         self.ctc_lr = ctc_lr

@@ -194,9 +194,9 @@ def ctc_probe(
     texts: Sequence[str],
     is_test: np.ndarray,
     *,
-    epochs: int = 30,
-    lr: float = 2e-3,
-    schedule: str = "constant",
+    epochs: int = 100,
+    lr: float = 1e-2,
+    schedule: str = "cosine",
     seed: int = 0,
 ) -> float | None:
     """Character error rate of a linear CTC head on frozen frame features `[(F_i, D)]`.
@@ -214,9 +214,9 @@ def weighted_ctc_probe(
     texts: Sequence[str],
     is_test: np.ndarray,
     *,
-    epochs: int = 30,
-    lr: float = 2e-3,
-    schedule: str = "constant",
+    epochs: int = 100,
+    lr: float = 1e-2,
+    schedule: str = "cosine",
     seed: int = 0,
     layer_lr_scale: float = 1.0,
 ) -> tuple[float, np.ndarray] | None:

@@ -103,8 +103,12 @@ def test_weighted_ctc_probe_reads_the_layer_that_spells_the_text():
     rng = np.random.default_rng(1)
     is_test = np.arange(len(frames)) % 4 == 0
     layered = [np.stack([rng.normal(size=f.shape).astype(np.float32), f]) for f in frames]
-    cer, weights = probes.weighted_ctc_probe(layered, texts, is_test, epochs=40, lr=2e-2, layer_lr_scale=10.0)
-    noise_cer = probes.ctc_probe([f[0] for f in layered], texts, is_test, epochs=40, lr=2e-2)
+    cer, weights = probes.weighted_ctc_probe(
+        layered, texts, is_test, epochs=40, lr=2e-2, schedule="constant", layer_lr_scale=10.0
+    )
+    noise_cer = probes.ctc_probe(
+        [f[0] for f in layered], texts, is_test, epochs=40, lr=2e-2, schedule="constant"
+    )
     assert cer < 0.2 < noise_cer
     assert weights.shape == (2,) and weights[1] > weights[0]
     # one layer: exactly the single-layer probe
@@ -142,7 +146,7 @@ def test_cosine_ctc_probe_ends_at_rest_and_constant_keeps_its_rate(monkeypatch):
     assert head[30] == pytest.approx(5e-2 * 0.5 * (1 + np.cos(np.pi * 30 / 120)))
     assert [r[1] for r in cosine] == pytest.approx([10 * r for r in head])
     assert cer < 0.2  # the spelled layer is read
-    _, constant = _recorded_rates(monkeypatch, epochs=3, lr=2e-2)
+    _, constant = _recorded_rates(monkeypatch, epochs=3, lr=2e-2, schedule="constant")
     assert constant == [[2e-2, 2e-2]] * 6  # the layer weights at the head's rate by default
 
 
@@ -156,3 +160,5 @@ def test_ctc_probe_rejects_an_unknown_schedule():
         HuBERTopicModule(model=None, optimizer=None, ctc_schedule="step")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="app.module.ctc_epochs"):
         HuBERTopicModule(model=None, optimizer=None, ctc_epochs=-1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="app.module.ctc_layer_lr_scale"):
+        HuBERTopicModule(model=None, optimizer=None, ctc_layer_lr_scale=0)  # type: ignore[arg-type]
