@@ -21,6 +21,11 @@ Two options of the topic head are ours (defaults keep the plain head above):
   evaluation) before `W`. Mean-pooled Transformer features differ little from one utterance to the
   next beside their common part; the linear probes standardise them for that reason, and without
   it the head learns slowly what separates utterances.
+- `topic_grad_from=k`: the topic heads' gradient trains Transformer layers `k..topic_layer` only, not
+  the layers below `k` nor the front end. Layers `k..max(topic_layer, topic_layer2)` run a second
+  time, for the heads alone, on the detached input of layer `k` (same dropped layers; the extra
+  pass costs those layers' forward and backward once more). Masked prediction keeps the whole
+  model. `0` (default): the gradient reaches every layer and the front end, as in the paper.
 
 The frame loop mirrors `torchaudio`'s `HuBERTPretrainModel.forward` (which returns only the last
 layer) so that an intermediate layer is available to the head; it calls torchaudio's components.
@@ -93,6 +98,8 @@ class HuBERTopic(nn.Module):
             has the same options as the first.
         topic_layer2: Transformer layer whose pooled output feeds the second head (1-based,
             negative from the end; None: `topic_layer`, the same pooled features as the first).
+        topic_grad_from: lowest Transformer layer (1-based) that the topic heads' gradient trains;
+            0: every layer and the front end.
     """
 
     def __init__(
@@ -121,6 +128,7 @@ class HuBERTopic(nn.Module):
         topic_norm: str = "none",
         num_topics2: int = 0,
         topic_layer2: int | None = None,
+        topic_grad_from: int = 0,
     ) -> None:
         super().__init__()
         if topic_pool not in TOPIC_POOLS:
@@ -142,6 +150,13 @@ class HuBERTopic(nn.Module):
             raise ValueError(
                 f"app.model.topic_layer2 {topic_layer2} is outside the {num_layers} Transformer layers"
             )
+        top = max(self.topic_layer, self.topic_layer2)
+        if not 0 <= topic_grad_from <= top:
+            raise ValueError(
+                f"app.model.topic_grad_from must be 0 (no limit) or a layer from 1 to the topic heads' "
+                f"highest layer {top}, got {topic_grad_from}"
+            )
+        self.topic_grad_from = topic_grad_from
         self.hubert = torchaudio.models.hubert_pretrain_model(
             extractor_mode=extractor_mode,
             extractor_conv_layer_config=conv_config(conv_channels),
@@ -196,8 +211,34 @@ class HuBERTopic(nn.Module):
         x, frame_lengths = self.hubert.wav2vec2.feature_extractor(waveforms, lengths)
         return x, frame_lengths
 
-    def _layers(self, x: Tensor, attention_mask: Tensor | None) -> list[Tensor]:
-        return transformer_layers(self.hubert.wav2vec2.encoder.transformer, x, attention_mask, self.training)
+    def _layers(
+        self, x: Tensor, attention_mask: Tensor | None, trace: dict[str, Any] | None = None
+    ) -> list[Tensor]:
+        return transformer_layers(
+            self.hubert.wav2vec2.encoder.transformer, x, attention_mask, self.training, trace=trace
+        )
+
+    def _topic_hidden(
+        self, hidden: list[Tensor], attention_mask: Tensor | None, trace: dict[str, Any]
+    ) -> list[Tensor]:
+        """The layer outputs the topic heads read. With `topic_grad_from = k > 0`, layers
+        `k..max(topic_layer, topic_layer2)` again on the detached input of layer `k`; entries below
+        `k` are detached copies."""
+        if self.topic_grad_from == 0:
+            return hidden
+        k = self.topic_grad_from
+        top = max(self.topic_layer, self.topic_layer2)
+        transformer = self.hubert.wav2vec2.encoder.transformer
+        ran = trace["ran"]
+        x = (trace["input"] if k == 1 else hidden[k - 2]).detach()
+        out = [h.detach() for h in hidden]
+        for index in range(k - 1, top):
+            if ran[index]:
+                x, _ = transformer.layers[index](x, attention_mask)
+            out[index] = x
+        if top == len(hidden) and not transformer.layer_norm_first:
+            out[-1] = transformer.layer_norm(out[-1])
+        return out
 
     @staticmethod
     def valid_frames(frame_lengths: Tensor | None, batch: int, frames: int, device: torch.device) -> Tensor:
@@ -228,7 +269,8 @@ class HuBERTopic(nn.Module):
         padding = components._get_padding_mask(x, frame_lengths) if frame_lengths is not None else None
         x, attention_mask = self.hubert.wav2vec2.encoder._preprocess(x, frame_lengths)
         x, mask = self.hubert.mask_generator(x, padding)
-        hidden = self._layers(x, attention_mask)
+        trace: dict[str, Any] = {}
+        hidden = self._layers(x, attention_mask, trace)
         if hidden[-1].shape[1] != labels.shape[1]:
             raise ValueError(
                 f"labels have {labels.shape[1]} frames but the model gives {hidden[-1].shape[1]}"
@@ -240,6 +282,8 @@ class HuBERTopic(nn.Module):
         topic_logits = topic_logits2 = None
         if self.topic_head is not None or self.topic_head2 is not None:
             frames = valid & ~mask_m if self.topic_pool == "unmasked" else valid
+            if self.topic_grad_from > 0:
+                hidden = self._topic_hidden(hidden, attention_mask, trace)
             pooled = self.pool(hidden[self.topic_layer - 1], frames)
             if self.topic_head is not None:
                 topic_logits = self.topic_head(pooled)
@@ -296,16 +340,28 @@ class HuBERTopic(nn.Module):
 
 
 def transformer_layers(
-    transformer: nn.Module, x: Tensor, attention_mask: Tensor | None, training: bool
+    transformer: nn.Module,
+    x: Tensor,
+    attention_mask: Tensor | None,
+    training: bool,
+    trace: dict[str, Any] | None = None,
 ) -> list[Tensor]:
     """Outputs of every layer of torchaudio's `Transformer` `[(B, F, D)]` (its `forward`, keeping
-    the intermediate layers; the final layer norm of post-norm models applies to the last one)."""
+    the intermediate layers; the final layer norm of post-norm models applies to the last one).
+
+    `trace`, if given, receives `input`: the first layer's input (after the positional
+    convolution), and `ran`: one bool per layer (False: skipped by layer drop)."""
     x = transformer._preprocess(x)
-    hidden = []
+    first_input = x
+    hidden, ran = [], []
     for layer in transformer.layers:
-        if not (training and transformer.layer_drop > 0 and torch.rand(1).item() <= transformer.layer_drop):
+        keep = not (training and transformer.layer_drop > 0 and torch.rand(1).item() <= transformer.layer_drop)
+        if keep:
             x, _ = layer(x, attention_mask)
+        ran.append(keep)
         hidden.append(x)
+    if trace is not None:
+        trace.update(input=first_input, ran=ran)
     if not transformer.layer_norm_first:
         hidden[-1] = transformer.layer_norm(hidden[-1])
     return hidden

@@ -203,8 +203,8 @@ def test_topic_head_options_pool_unmasked_frames_and_standardise():
     for name, model in (("all", plain), ("unmasked", unmasked)):
         torch.manual_seed(7)  # the same span mask in both models
         original = model._layers
-        model._layers = lambda x, m, original=original, name=name: hidden_seen.setdefault(
-            name, original(x, m)
+        model._layers = lambda x, m, trace=None, original=original, name=name: hidden_seen.setdefault(
+            name, original(x, m, trace)
         )
         out = model(data["waveforms"], data["units"], data["lengths"])
     hidden = hidden_seen["unmasked"][-1].detach()
@@ -278,7 +278,7 @@ def test_the_second_topic_head_can_read_an_earlier_layer():
     model.topic_head2.register_forward_pre_hook(lambda module, args: seen.__setitem__("second", args[0]))
     original = model._layers
     captured = []
-    model._layers = lambda x, m: captured.append(original(x, m)) or captured[-1]
+    model._layers = lambda x, m, trace=None: captured.append(original(x, m, trace)) or captured[-1]
     out = model(data["waveforms"], data["units"], data["lengths"])
     hidden, weights = captured[0], out["valid"].unsqueeze(-1).float()
     torch.testing.assert_close(seen["second"], (hidden[0] * weights).sum(1) / weights.sum(1))
@@ -293,3 +293,41 @@ def test_the_second_topic_head_can_read_an_earlier_layer():
     assert layers[1].feed_forward.output_dense.weight.grad is None
     with pytest.raises(ValueError, match="topic_layer2"):
         tiny(num_topics2=4, topic_layer2=3)
+
+
+def test_topic_grad_from_keeps_the_topic_gradient_out_of_the_lower_layers():
+    data = batch()
+    plain = tiny(num_topics2=4, topic_layer2=1).eval()
+    limited = tiny(num_topics2=4, topic_layer2=1, topic_grad_from=2).eval()
+    limited.load_state_dict(plain.state_dict())
+    outs = []
+    for model in (plain, limited):
+        torch.manual_seed(5)  # the same span mask
+        outs.append(model(data["waveforms"], data["units"], data["lengths"]))
+    # without dropout the second pass gives the same features: same logits, same masked prediction
+    for key in ("topic_logits", "topic_logits2", "logit_m", "logit_u"):
+        torch.testing.assert_close(outs[1][key], outs[0][key])
+    layers = limited.hubert.wav2vec2.encoder.transformer.layers
+    front = limited.hubert.wav2vec2.feature_extractor.conv_layers[0].conv.weight
+    # the first head reads layer 2: its gradient trains layer 2 and nothing below
+    outs[1]["topic_logits"].sum().backward(retain_graph=True)
+    assert layers[1].feed_forward.output_dense.weight.grad.abs().sum() > 0
+    assert layers[0].feed_forward.output_dense.weight.grad is None
+    assert front.grad is None
+    # the second head reads layer 1, below the limit: a detached copy, so it trains only itself
+    outs[1]["topic_logits2"].sum().backward(retain_graph=True)
+    assert layers[0].feed_forward.output_dense.weight.grad is None
+    assert limited.topic_head2.weight.grad.abs().sum() > 0
+    # masked prediction still trains every layer and the front end
+    outs[1]["logit_m"].sum().backward()
+    assert layers[0].feed_forward.output_dense.weight.grad.abs().sum() > 0
+    assert front.grad.abs().sum() > 0
+    # with 1 the layers all learn from the topic loss, the front end does not
+    model = tiny(topic_grad_from=1).train()
+    model(data["waveforms"], data["units"], data["lengths"])["topic_logits"].sum().backward()
+    assert model.hubert.wav2vec2.encoder.transformer.layers[0].feed_forward.output_dense.weight.grad.abs().sum() > 0
+    assert model.hubert.wav2vec2.feature_extractor.conv_layers[0].conv.weight.grad is None
+    with pytest.raises(ValueError, match="topic_grad_from"):
+        tiny(topic_grad_from=3)
+    with pytest.raises(ValueError, match="topic_grad_from"):
+        tiny(topic_grad_from=-1)
