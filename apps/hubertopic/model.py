@@ -224,8 +224,6 @@ class HuBERTopic(nn.Module):
         """The layer outputs the topic heads read. With `topic_grad_from = k > 0`, layers
         `k..max(topic_layer, topic_layer2)` again on the detached input of layer `k`; entries below
         `k` are detached copies."""
-        if self.topic_grad_from == 0:
-            return hidden
         k = self.topic_grad_from
         top = max(self.topic_layer, self.topic_layer2)
         transformer = self.hubert.wav2vec2.encoder.transformer
@@ -282,14 +280,15 @@ class HuBERTopic(nn.Module):
         topic_logits = topic_logits2 = None
         if self.topic_head is not None or self.topic_head2 is not None:
             frames = valid & ~mask_m if self.topic_pool == "unmasked" else valid
-            if self.topic_grad_from > 0:
-                hidden = self._topic_hidden(hidden, attention_mask, trace)
-            pooled = self.pool(hidden[self.topic_layer - 1], frames)
+            topic_hidden = (
+                self._topic_hidden(hidden, attention_mask, trace) if self.topic_grad_from else hidden
+            )
+            pooled = self.pool(topic_hidden[self.topic_layer - 1], frames)
             if self.topic_head is not None:
                 topic_logits = self.topic_head(pooled)
             if self.topic_head2 is not None:
                 if self.topic_layer2 != self.topic_layer:
-                    pooled = self.pool(hidden[self.topic_layer2 - 1], frames)
+                    pooled = self.pool(topic_hidden[self.topic_layer2 - 1], frames)
                 topic_logits2 = self.topic_head2(pooled)
         return {
             "logit_m": logit_m,
@@ -355,7 +354,9 @@ def transformer_layers(
     first_input = x
     hidden, ran = [], []
     for layer in transformer.layers:
-        keep = not (training and transformer.layer_drop > 0 and torch.rand(1).item() <= transformer.layer_drop)
+        keep = not (
+            training and transformer.layer_drop > 0 and torch.rand(1).item() <= transformer.layer_drop
+        )
         if keep:
             x, _ = layer(x, attention_mask)
         ran.append(keep)

@@ -325,7 +325,10 @@ def test_topic_grad_from_keeps_the_topic_gradient_out_of_the_lower_layers():
     # with 1 the layers all learn from the topic loss, the front end does not
     model = tiny(topic_grad_from=1).train()
     model(data["waveforms"], data["units"], data["lengths"])["topic_logits"].sum().backward()
-    assert model.hubert.wav2vec2.encoder.transformer.layers[0].feed_forward.output_dense.weight.grad.abs().sum() > 0
+    assert (
+        model.hubert.wav2vec2.encoder.transformer.layers[0].feed_forward.output_dense.weight.grad.abs().sum()
+        > 0
+    )
     assert model.hubert.wav2vec2.feature_extractor.conv_layers[0].conv.weight.grad is None
     with pytest.raises(ValueError, match="topic_grad_from"):
         tiny(topic_grad_from=3)
